@@ -1,0 +1,55 @@
+//! # outbox-core
+//!
+//! The transactional outbox for Rust services on PostgreSQL and Kafka.
+//!
+//! * **Write side** — [`Outbox::enqueue`] writes a [`Message`] in *your*
+//!   transaction: the event exists if and only if your business change
+//!   commits.
+//! * **Relay** — [`Relay`] drains the outbox through a [`Publisher`]
+//!   ([`KafkaPublisher`]): claim in sequence order, produce idempotently with
+//!   `acks=all`, wait for the broker's confirmation, and only then mark the
+//!   rows done. The `outbox-relay` binary runs it as a sidecar.
+//! * **Consume side** — [`InboxConsumer`] runs your [`Handler`] in one
+//!   transaction with an inbox row keyed by (consumer group, event id), so a
+//!   redelivered event is acknowledged but never applied twice.
+//!
+//! Delivery to Kafka is at-least-once; effects through the inbox happen
+//! once per event id.
+//!
+//! ```no_run
+//! # async fn f(pool: sqlx::PgPool) -> outbox_core::Result<()> {
+//! use outbox_core::{Message, Outbox, OutboxConfig};
+//! let outbox = Outbox::new(OutboxConfig::default());
+//! outbox.migrate(&pool).await?;
+//! let mut tx = pool.begin().await?;
+//! // ... your business writes through &mut *tx ...
+//! outbox.enqueue(&mut *tx, &Message::json("orders", "order.placed", &serde_json::json!({"id": 1}))?.with_key("1")).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod enqueue;
+mod error;
+mod failpoint;
+mod inbox;
+mod message;
+pub mod migrate;
+mod publish;
+mod relay;
+mod store;
+pub mod trace;
+
+pub use config::{Ident, OutboxConfig, DEFAULT_MAX_PAYLOAD_BYTES};
+pub use enqueue::Outbox;
+pub use error::{Error, Result, ValidationError};
+pub use inbox::{
+    cleanup_inbox_now, BoxError, ConsumerConfig, Handler, HandlerError, InboxConsumer, Processed, ReceivedEvent,
+};
+pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
+pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, TopicCreation};
+pub use relay::{BatchReport, Relay, RelayConfig};
+pub use store::{DeadLetter, OutboxEvent, OutboxStats, OutboxStore, PgStore, RetryLater};
+
+/// Re-exported so applications and the relay use the same versions.
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,364 @@
+//! Kafka publisher on rdkafka (librdkafka).
+//!
+//! Settings that the guarantees rest on are fixed: `enable.idempotence=true`,
+//! `acks=all`, and `message.timeout.ms=0` (never give up on a message
+//! locally). With them, librdkafka keeps every produced message until the
+//! broker confirms it, however long the broker is away, and within a
+//! partition confirmed messages always form a prefix of what was produced:
+//! no gap for a later event of a key to slip through (see DESIGN.md §3 on
+//! `message.timeout.ms` gaps). Supplying weaker values is a configuration
+//! error.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{Delivery, Publisher};
+use crate::error::{Error, Result};
+use crate::store::OutboxEvent;
+
+/// Creation of missing topics by the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicCreation {
+    /// Partitions of a created topic.
+    pub partitions: i32,
+    /// Replication factor of a created topic.
+    pub replication: i32,
+}
+
+/// How to reach Kafka.
+///
+/// ```
+/// use outbox_core::KafkaPublisherConfig;
+/// let config = KafkaPublisherConfig::new("localhost:9092")
+///     .with_setting("security.protocol", "SASL_SSL")
+///     .with_setting("linger.ms", "2");
+/// assert!(config.client_config().is_ok());
+/// assert!(KafkaPublisherConfig::new("localhost:9092").with_setting("acks", "1").client_config().is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct KafkaPublisherConfig {
+    brokers: String,
+    settings: Vec<(String, String)>,
+    create_topics: Option<TopicCreation>,
+    metadata_timeout: Duration,
+}
+
+/// Settings the relay sets and the user may not weaken, with accepted values.
+const GUARDED: &[(&str, &[&str])] =
+    &[("enable.idempotence", &["true"]), ("acks", &["all", "-1"]), ("request.required.acks", &["all", "-1"])];
+
+impl KafkaPublisherConfig {
+    /// Brokers as a comma-separated `host:port` list.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaPublisherConfig {
+            brokers: brokers.into(),
+            settings: Vec::new(),
+            create_topics: None,
+            metadata_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Adds a librdkafka setting (TLS, SASL, tuning); later ones win.
+    pub fn with_setting(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// Creates missing topics instead of dead-lettering their events.
+    pub fn with_topic_creation(mut self, creation: Option<TopicCreation>) -> Self {
+        self.create_topics = creation;
+        self
+    }
+
+    /// How long topic metadata requests may take.
+    pub fn with_metadata_timeout(mut self, timeout: Duration) -> Self {
+        self.metadata_timeout = timeout;
+        self
+    }
+
+    /// The brokers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The librdkafka configuration, checked.
+    pub fn client_config(&self) -> Result<ClientConfig> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::Config("no Kafka brokers given".into()));
+        }
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "1")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "none")
+            .set("enable.gapless.guarantee", "false");
+        for (key, value) in &self.settings {
+            if key.trim().is_empty() {
+                return Err(Error::Config("empty librdkafka setting name".into()));
+            }
+            if let Some((_, allowed)) = GUARDED.iter().find(|(k, _)| k == key) {
+                if !allowed.contains(&value.as_str()) {
+                    return Err(Error::Config(format!(
+                        "{key}={value} would weaken delivery guarantees; the relay requires {key}={}",
+                        allowed[0]
+                    )));
+                }
+            }
+            if key == "message.timeout.ms" && value != "0" {
+                return Err(Error::Config(
+                    "message.timeout.ms must stay 0: a local timeout can leave a gap that reorders a key".into(),
+                ));
+            }
+            config.set(key, value);
+        }
+        config.set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", "0");
+        Ok(config)
+    }
+}
+
+/// Publishes outbox events to Kafka with CloudEvents binary-mode headers.
+pub struct KafkaPublisher {
+    config: KafkaPublisherConfig,
+    client_config: ClientConfig,
+    producer: RwLock<FutureProducer>,
+    admin: AdminClient<DefaultClientContext>,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").field("brokers", &self.config.brokers).finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// Builds the producer (no connection is made until first use).
+    pub fn new(config: KafkaPublisherConfig) -> Result<Self> {
+        let client_config = config.client_config()?;
+        let producer: FutureProducer = client_config.create()?;
+        let mut admin_config = ClientConfig::new();
+        for (k, v) in client_config.config_map() {
+            if !matches!(
+                k,
+                "linger.ms"
+                    | "batch.num.messages"
+                    | "compression.type"
+                    | "enable.idempotence"
+                    | "acks"
+                    | "message.timeout.ms"
+                    | "enable.gapless.guarantee"
+            ) {
+                admin_config.set(k, v);
+            }
+        }
+        let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
+        Ok(KafkaPublisher {
+            config,
+            client_config,
+            producer: RwLock::new(producer),
+            admin,
+            known_topics: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the producer after a fatal (idempotence) error.
+    fn reset_if_fatal(&self) {
+        let producer = self.producer();
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "fatal producer error: creating a new producer");
+            match self.client_config.create::<FutureProducer>() {
+                Ok(fresh) => *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh,
+                Err(e) => tracing::error!(error = %e, "could not create a new producer"),
+            }
+        }
+    }
+
+    /// Checks that each topic exists (creating it when configured to).
+    /// Returns, for topics that cannot be used now, what to do with their events.
+    async fn check_topics(&self, topics: HashSet<&str>) -> HashMap<String, Delivery> {
+        let mut verdicts = HashMap::new();
+        let unknown: Vec<String> = {
+            let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
+            topics.into_iter().filter(|t| !known.contains(*t)).map(str::to_owned).collect()
+        };
+        for topic in unknown {
+            let verdict = match self.topic_exists(&topic).await {
+                Ok(true) => None,
+                Ok(false) => match self.config.create_topics {
+                    Some(creation) => self.create_topic(&topic, creation).await.err(),
+                    None => Some(Delivery::Permanent(format!(
+                        "unknown topic {topic:?}: create it, or run the relay with --create-topics"
+                    ))),
+                },
+                Err(e) => Some(Delivery::Retry(format!("cannot read metadata of topic {topic:?}: {e}"))),
+            };
+            match verdict {
+                None => {
+                    self.known_topics.lock().unwrap_or_else(|e| e.into_inner()).insert(topic);
+                }
+                Some(v) => {
+                    tracing::warn!(%topic, verdict = ?v, "topic not usable");
+                    verdicts.insert(topic, v);
+                }
+            }
+        }
+        verdicts
+    }
+
+    async fn topic_exists(&self, topic: &str) -> Result<bool, KafkaError> {
+        let producer = self.producer();
+        let topic = topic.to_owned();
+        let timeout = self.config.metadata_timeout;
+        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(|_| KafkaError::Canceled)??;
+        Ok(metadata.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()))
+    }
+
+    async fn create_topic(&self, topic: &str, creation: TopicCreation) -> Result<(), Delivery> {
+        let new = NewTopic::new(topic, creation.partitions, TopicReplication::Fixed(creation.replication));
+        let options = AdminOptions::new().operation_timeout(Some(self.config.metadata_timeout));
+        match self.admin.create_topics(&[new], &options).await {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                    tracing::info!(%topic, partitions = creation.partitions, "created topic");
+                    Ok(())
+                }
+                Some(Err((_, code))) if is_permanent(code) || code == RDKafkaErrorCode::InvalidReplicationFactor => {
+                    Err(Delivery::Permanent(format!("cannot create topic {topic:?}: {code}")))
+                }
+                Some(Err((_, code))) => Err(Delivery::Retry(format!("cannot create topic {topic:?}: {code}"))),
+                None => Err(Delivery::Retry(format!("no answer creating topic {topic:?}"))),
+            },
+            Err(e) => Err(Delivery::Retry(format!("cannot create topic {topic:?}: {e}"))),
+        }
+    }
+}
+
+/// Errors that no retry can fix for this event.
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidRecord
+            | C::MessageBatchTooLarge
+            | C::InvalidMessage
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::UnknownPartition
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::PolicyViolation
+            | C::InvalidArgument
+    )
+}
+
+fn classify(error: &KafkaError) -> Delivery {
+    match error.rdkafka_error_code() {
+        Some(code) if is_permanent(code) => Delivery::Permanent(error.to_string()),
+        _ => Delivery::Retry(error.to_string()),
+    }
+}
+
+/// CloudEvents Kafka binding (binary mode) headers plus trace context and
+/// the application's headers.
+fn headers(event: &OutboxEvent) -> OwnedHeaders {
+    let time = event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let id = event.id.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(8 + event.headers.len());
+    let mut add = |key: &str, value: &str| {
+        h = std::mem::take(&mut h).insert(Header { key, value: Some(value.as_bytes()) });
+    };
+    add("ce_specversion", "1.0");
+    add("ce_id", &id);
+    add("ce_source", &event.source);
+    add("ce_type", &event.event_type);
+    add("ce_time", &time);
+    if let Some(ct) = &event.content_type {
+        add("content-type", ct);
+    }
+    if let Some(tp) = &event.traceparent {
+        add("traceparent", tp);
+    }
+    if let Some(ts) = &event.tracestate {
+        add("tracestate", ts);
+    }
+    for (k, v) in &event.headers {
+        add(k, v);
+    }
+    h
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, events: &[OutboxEvent]) -> Vec<Delivery> {
+        let verdicts = self.check_topics(events.iter().map(|e| e.topic.as_str()).collect()).await;
+        let producer = self.producer();
+        let mut outcomes: Vec<Option<Delivery>> = vec![None; events.len()];
+        let mut pending = Vec::with_capacity(events.len());
+        let mut held: HashSet<&str> = HashSet::new();
+        for (i, event) in events.iter().enumerate() {
+            if event.key.as_deref().is_some_and(|k| held.contains(k)) {
+                outcomes[i] = Some(Delivery::Held);
+                continue;
+            }
+            let failed = if let Some(verdict) = verdicts.get(&event.topic) {
+                Some(verdict.clone())
+            } else {
+                let mut record = FutureRecord::to(&event.topic).payload(&event.payload).headers(headers(event));
+                if let Some(key) = &event.key {
+                    record = record.key(key.as_str());
+                }
+                match producer.send_result(record) {
+                    Ok(future) => {
+                        pending.push((i, future));
+                        None
+                    }
+                    Err((e, _)) => Some(classify(&e)),
+                }
+            };
+            if let Some(failure) = failed {
+                if let Some(key) = &event.key {
+                    held.insert(key);
+                }
+                outcomes[i] = Some(failure);
+            }
+        }
+        let (indexes, futures): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+        for (i, result) in indexes.into_iter().zip(join_all(futures).await) {
+            outcomes[i] = Some(match result {
+                Ok(Ok(_)) => Delivery::Delivered,
+                Ok(Err((e, _))) => classify(&e),
+                Err(_) => Delivery::Retry("producer was closed before confirming".into()),
+            });
+        }
+        self.reset_if_fatal();
+        outcomes.into_iter().map(|o| o.unwrap_or(Delivery::Held)).collect()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let producer = self.producer();
+        let timeout = self.config.metadata_timeout.min(Duration::from_secs(3));
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|_| Error::Kafka(KafkaError::Canceled))??;
+        Ok(())
+    }
+}
