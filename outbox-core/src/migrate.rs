@@ -111,3 +111,24 @@ mod tests {
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(LATEST_VERSION));
     }
 }
+
+/// The schema version applied in the database, `None` when the outbox has
+/// never been migrated there.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> outbox_core::Result<()> {
+/// use outbox_core::{migrate, OutboxConfig};
+/// if migrate::applied_version(&pool, &OutboxConfig::default()).await? != Some(migrate::LATEST_VERSION) {
+///     eprintln!("run `outbox-relay migrate` first");
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn applied_version(pool: &PgPool, config: &OutboxConfig) -> Result<Option<i64>> {
+    let tracking = format!("{}.{}_migrations", config.schema(), config.outbox_table());
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&tracking).fetch_one(pool).await?;
+    if !exists {
+        return Ok(None);
+    }
+    let quoted = format!("{}.\"{}_migrations\"", config.schema().quoted(), config.outbox_table());
+    Ok(sqlx::query_scalar(&format!("SELECT max(version) FROM {quoted}")).fetch_one(pool).await?)
+}

@@ -1,1 +1,156 @@
-fn main() {}
+//! `outbox-relay`: the sidecar that drains a transactional outbox into Kafka.
+//!
+//! Thin wiring: configuration in [`config`], HTTP endpoints in [`http`], the
+//! relay itself in `outbox-core`.
+
+mod config;
+mod http;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use outbox_core::{migrate, KafkaPublisher, OutboxConfig, PgStore, Relay};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{redact_url, Cli, Command, DbArgs, LogFormat, RunArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// A configuration mistake (exit code 2, like command-line errors).
+#[derive(Debug)]
+struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn config_error(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(ConfigError(e.to_string()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let outbox = cli.db.outbox_config().map_err(config_error)?;
+    match cli.command {
+        Some(Command::Migrate) => {
+            let pool = connect(&cli.db).await?;
+            let applied = migrate::migrate_verbose(&pool, &outbox).await.context("migration failed")?;
+            println!(
+                "outbox schema {} is at version {} (applied now: {applied:?})",
+                outbox.schema(),
+                migrate::LATEST_VERSION
+            );
+            Ok(())
+        }
+        Some(Command::Run(args)) => relay(&cli.db, outbox, *args).await,
+        None => relay(&cli.db, outbox, RunArgs::from_env()).await,
+    }
+}
+
+async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
+    let url = db.database_url.as_deref().ok_or_else(|| config_error("DATABASE_URL (or --database-url) is required"))?;
+    let options: sqlx::postgres::PgConnectOptions =
+        url.parse().map_err(|e| config_error(format!("invalid database URL {}: {e}", redact_url(url))))?;
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(db.db_connect_timeout)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))
+}
+
+async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Result<()> {
+    let relay_config = args.relay_config();
+    relay_config.validate().map_err(config_error)?;
+    let publisher = KafkaPublisher::new(args.kafka_config()).map_err(config_error)?;
+    let pool = connect(db).await?;
+    if args.migrate {
+        migrate::migrate(&pool, &outbox).await.context("migration failed")?;
+    }
+    match migrate::applied_version(&pool, &outbox).await? {
+        Some(v) if v >= migrate::LATEST_VERSION => {}
+        found => anyhow::bail!(
+            "outbox tables in schema {:?} are at version {found:?}, expected {}: run `outbox-relay migrate` or pass --migrate",
+            outbox.schema().as_str(),
+            migrate::LATEST_VERSION
+        ),
+    }
+    let metrics = http::install_metrics()?;
+    let relay = Relay::new(PgStore::new(pool, &outbox), publisher, relay_config).map_err(config_error)?;
+    let shutdown = CancellationToken::new();
+    let state = http::AppState { store: Arc::clone(relay.store()), publisher: Arc::clone(relay.publisher()), metrics };
+    let http_shutdown = CancellationToken::new();
+    let server = tokio::spawn(http::serve(args.http_addr, state, http_shutdown.clone()));
+    tokio::spawn(signal_watch(shutdown.clone()));
+    tracing::info!(
+        brokers = %args.kafka_brokers,
+        schema = %outbox.schema(),
+        table = %outbox.outbox_table(),
+        batch_size = args.batch_size,
+        "relay started"
+    );
+    let result = tokio::select! {
+        r = relay.run(shutdown.clone()) => r.map_err(anyhow::Error::from),
+        r = wait_server(server) => r.and(Err(anyhow::anyhow!("HTTP server stopped"))),
+    };
+    http_shutdown.cancel();
+    result
+}
+
+async fn wait_server(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    server.await.context("HTTP server panicked")?
+}
+
+async fn signal_watch(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM: finishing in-flight batch"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: finishing in-flight batch"),
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

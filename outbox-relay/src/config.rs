@@ -1,0 +1,229 @@
+//! Command line and environment configuration of the relay.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use outbox_core::{KafkaPublisherConfig, OutboxConfig, RelayConfig, TopicCreation};
+
+/// Drains a transactional outbox into Kafka.
+///
+/// Every option can also be set through the environment variable shown.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Log format on stderr.
+    #[arg(long, env = "OUTBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Drain the outbox into Kafka until SIGTERM or Ctrl-C (the default).
+    Run(Box<RunArgs>),
+    /// Create or upgrade the outbox and inbox tables, then exit.
+    Migrate,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the outbox lives.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL (postgres://user:password@host:port/db).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Schema holding the outbox tables.
+    #[arg(long, env = "OUTBOX_SCHEMA", default_value = "outbox", global = true)]
+    pub schema: String,
+
+    /// Outbox table name.
+    #[arg(long, env = "OUTBOX_TABLE", default_value = "outbox", global = true)]
+    pub outbox_table: String,
+
+    /// Dead-letter table name.
+    #[arg(long, env = "OUTBOX_DEAD_LETTER_TABLE", default_value = "outbox_dead_letter", global = true)]
+    pub dead_letter_table: String,
+
+    /// Inbox table name (created by `migrate`).
+    #[arg(long, env = "OUTBOX_INBOX_TABLE", default_value = "inbox", global = true)]
+    pub inbox_table: String,
+
+    /// Inbox dead-letter table name (created by `migrate`).
+    #[arg(long, env = "OUTBOX_INBOX_DEAD_LETTER_TABLE", default_value = "inbox_dead_letter", global = true)]
+    pub inbox_dead_letter_table: String,
+
+    /// How long to wait for a database connection.
+    #[arg(long, env = "OUTBOX_DB_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub db_connect_timeout: Duration,
+}
+
+impl DbArgs {
+    /// The checked outbox configuration.
+    pub fn outbox_config(&self) -> Result<OutboxConfig, outbox_core::Error> {
+        OutboxConfig::default()
+            .with_schema(&self.schema)?
+            .with_outbox_table(&self.outbox_table)?
+            .with_dead_letter_table(&self.dead_letter_table)?
+            .with_inbox_table(&self.inbox_table)?
+            .with_inbox_dead_letter_table(&self.inbox_dead_letter_table)
+    }
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Extra librdkafka setting as key=value (repeatable; TLS, SASL, tuning).
+    /// In the environment: comma-separated list. Values are never logged.
+    /// enable.idempotence, acks and message.timeout.ms cannot be weakened.
+    #[arg(short = 'X', long = "kafka-config", env = "OUTBOX_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value, hide_env_values = true)]
+    pub kafka_config: Vec<(String, String)>,
+
+    /// Most events claimed and published per batch.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// Pause between polls when the outbox is empty (e.g. 100ms, 1s).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "100ms", value_parser = parse_positive_duration)]
+    pub poll_interval: Duration,
+
+    /// First delay after a failed delivery (doubles per attempt, with jitter).
+    #[arg(long, env = "OUTBOX_RETRY_MIN_DELAY", default_value = "200ms", value_parser = parse_positive_duration)]
+    pub retry_min_delay: Duration,
+
+    /// Longest delay between delivery attempts of one event.
+    #[arg(long, env = "OUTBOX_RETRY_MAX_DELAY", default_value = "30s", value_parser = parse_positive_duration)]
+    pub retry_max_delay: Duration,
+
+    /// On SIGTERM/Ctrl-C, how long to wait for in-flight confirmations.
+    #[arg(long, env = "OUTBOX_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Create missing topics (otherwise their events are dead-lettered with
+    /// an "unknown topic" error).
+    #[arg(long, env = "OUTBOX_CREATE_TOPICS")]
+    pub create_topics: bool,
+
+    /// Partitions of topics created by --create-topics.
+    #[arg(long, env = "OUTBOX_TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub topic_partitions: i32,
+
+    /// Replication factor of topics created by --create-topics.
+    #[arg(long, env = "OUTBOX_TOPIC_REPLICATION", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub topic_replication: i32,
+
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(long, env = "OUTBOX_HTTP_ADDR", default_value = "0.0.0.0:9464")]
+    pub http_addr: SocketAddr,
+
+    /// Apply migrations before starting.
+    #[arg(long, env = "OUTBOX_MIGRATE")]
+    pub migrate: bool,
+}
+
+impl RunArgs {
+    /// `run`'s options from the environment alone (when no subcommand is given).
+    pub fn from_env() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        Only::parse_from(["outbox-relay"]).run
+    }
+
+    /// Relay pacing.
+    pub fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            batch_size: self.batch_size as usize,
+            poll_interval: self.poll_interval,
+            retry_min_delay: self.retry_min_delay,
+            retry_max_delay: self.retry_max_delay,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+
+    /// Kafka settings.
+    pub fn kafka_config(&self) -> KafkaPublisherConfig {
+        let creation = self
+            .create_topics
+            .then_some(TopicCreation { partitions: self.topic_partitions, replication: self.topic_replication });
+        self.kafka_config
+            .iter()
+            .fold(KafkaPublisherConfig::new(&self.kafka_brokers), |c, (k, v)| c.with_setting(k, v))
+            .with_topic_creation(creation)
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got {:?}", s.split_once('=').map_or(s, |(k, _)| k))),
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable database url>".to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{user}:***@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    format!("{scheme}://{authority}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/orders?sslmode=require"),
+            "postgres://app:***@db:5432/orders"
+        );
+        assert_eq!(redact_url("postgres://db/orders"), "postgres://db/orders");
+        assert!(!redact_url("postgres://u:p@w@h/d").contains("p@w"));
+    }
+
+    #[test]
+    fn key_values_parse() {
+        assert_eq!(parse_key_value("a.b=c=d"), Ok(("a.b".into(), "c=d".into())));
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=v").is_err());
+    }
+}
