@@ -5,6 +5,7 @@
 //! after that transaction committed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,6 +201,38 @@ pub enum Processed {
     DeadLettered,
 }
 
+/// Counters of what an [`InboxConsumer`] did since it started.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl ConsumerStats {
+    /// Events whose effect this consumer committed.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+    /// Redelivered events acknowledged without effect.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+    /// Messages moved to the inbox dead-letter table.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+    fn count(&self, outcome: Processed) {
+        let (counter, name) = match outcome {
+            Processed::Applied => (&self.applied, "outbox_inbox_applied_total"),
+            Processed::Duplicate => (&self.duplicates, "outbox_inbox_duplicates_total"),
+            Processed::DeadLettered => (&self.dead_lettered, "outbox_inbox_dead_lettered_total"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(name).increment(1);
+    }
+}
+
 /// Runs a [`Handler`] over a consumer group, effect-once per event id.
 ///
 /// ```no_run
@@ -216,6 +249,7 @@ pub struct InboxConsumer<H> {
     config: ConsumerConfig,
     handler: H,
     consumer: StreamConsumer,
+    stats: Arc<ConsumerStats>,
 }
 
 impl<H: Handler> InboxConsumer<H> {
@@ -237,7 +271,19 @@ impl<H: Handler> InboxConsumer<H> {
         let consumer: StreamConsumer = client.create()?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok(InboxConsumer { pool, sql: Arc::new(InboxSql::new(outbox)), config, handler, consumer })
+        Ok(InboxConsumer {
+            pool,
+            sql: Arc::new(InboxSql::new(outbox)),
+            config,
+            handler,
+            consumer,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Live counters, shareable with other tasks.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Consumes until `shutdown` is cancelled, then commits stored offsets.
@@ -270,6 +316,7 @@ impl<H: Handler> InboxConsumer<H> {
             let Some(outcome) = self.process(&message, shutdown).await else {
                 return Ok(()); // shutting down mid-message: it will be redelivered
             };
+            self.stats.count(outcome);
             tracing::debug!(?outcome, topic = message.topic(), offset = message.offset(), "processed");
             self.consumer.store_offset_from_message(&message)?;
         }
@@ -297,12 +344,9 @@ impl<H: Handler> InboxConsumer<H> {
         loop {
             match self.apply(event).instrument(span.clone()).await {
                 Ok(outcome) => {
-                    crate::failpoint::hit("inbox-after-commit");
-                    let name = match outcome {
-                        Processed::Applied => "outbox_inbox_applied_total",
-                        _ => "outbox_inbox_duplicates_total",
-                    };
-                    metrics::counter!(name).increment(1);
+                    if outcome == Processed::Applied {
+                        crate::failpoint::hit("inbox-after-commit");
+                    }
                     return Some(outcome);
                 }
                 Err(Attempt::Infrastructure(e)) => {
@@ -388,10 +432,7 @@ impl<H: Handler> InboxConsumer<H> {
             }
             .await;
             match result {
-                Ok(()) => {
-                    metrics::counter!("outbox_inbox_dead_lettered_total").increment(1);
-                    return Some(Processed::DeadLettered);
-                }
+                Ok(()) => return Some(Processed::DeadLettered),
                 Err(e) => tracing::warn!(error = %e, "could not dead-letter message; retrying"),
             }
             tokio::select! {

@@ -102,7 +102,6 @@ impl KafkaPublisherConfig {
             .set("linger.ms", "1")
             .set("batch.num.messages", "10000")
             .set("compression.type", "none")
-            .set("enable.gapless.guarantee", "false");
         for (key, value) in &self.settings {
             if key.trim().is_empty() {
                 return Err(Error::Config("empty librdkafka setting name".into()));
@@ -157,7 +156,6 @@ impl KafkaPublisher {
                     | "enable.idempotence"
                     | "acks"
                     | "message.timeout.ms"
-                    | "enable.gapless.guarantee"
             ) {
                 admin_config.set(k, v);
             }

@@ -1,0 +1,110 @@
+# shellcheck shell=bash
+# Sourced by scripts/test, scripts/demo and .ci/run.
+#
+# Makes sure PostgreSQL and a Kafka-API broker answer, starting (and, if
+# needed, installing) local ones when they do not, and exports DATABASE_URL
+# and KAFKA_BROKERS for what runs next. Whatever it starts is stopped by
+# `services_stop` (registered on EXIT by the caller).
+#
+#   DATABASE_URL   PostgreSQL to use   (default postgres://postgres@127.0.0.1:5432/outbox_test)
+#   KAFKA_BROKERS  Kafka-API brokers   (default 127.0.0.1:9092)
+
+OUTBOX_STATE_DIR="${OUTBOX_STATE_DIR:-$HOME/.cache/outbox}"
+mkdir -p "$OUTBOX_STATE_DIR"
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/outbox_test}"
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
+TANSU_VERSION=0.6.0
+_STARTED_PG_DIR=""
+_STARTED_TANSU_PID=""
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# host and port of a postgres URL (postgres://user:pw@host:port/db?x)
+_pg_host() { local a="${DATABASE_URL#*://}"; a="${a%%/*}"; a="${a##*@}"; echo "${a%%:*}"; }
+_pg_port() { local a="${DATABASE_URL#*://}"; a="${a%%/*}"; a="${a##*@}"; [[ "$a" == *:* ]] && echo "${a##*:}" || echo 5432; }
+
+# true if host:port accepts TCP connections
+answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+
+_wait_port() {
+  local host=$1 port=$2 what=$3 i
+  for i in $(seq 1 120); do answers "$host" "$port" && return 0; sleep 0.5; done
+  log "$what did not come up on $host:$port"; return 1
+}
+
+_is_local() { [[ "$1" == 127.* || "$1" == localhost || "$1" == ::1 ]]; }
+
+_pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin /usr/local/bin /usr/bin; do
+    [[ -x "$d/initdb" && -x "$d/pg_ctl" && -x "$d/postgres" ]] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+start_postgres() {
+  local host port bindir dir
+  host=$(_pg_host); port=$(_pg_port)
+  if answers "$host" "$port"; then log "PostgreSQL answers at $host:$port"; return 0; fi
+  _is_local "$host" || { log "PostgreSQL at $host:$port does not answer and is not local"; return 1; }
+  if ! bindir=$(_pg_bindir); then
+    log "installing PostgreSQL (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || return 1
+    bindir=$(_pg_bindir) || { log "PostgreSQL binaries not found after install"; return 1; }
+  fi
+  dir="$OUTBOX_STATE_DIR/pg-$port"
+  id -u postgres >/dev/null 2>&1 || useradd --system --home-dir "$dir" postgres
+  # initdb refuses to run as root: run the private cluster as postgres.
+  local as=(); [[ $(id -u) == 0 ]] && as=(runuser -u postgres --)
+  if [[ ! -f "$dir/PG_VERSION" ]]; then
+    rm -rf "$dir"; mkdir -p "$dir"; [[ $(id -u) == 0 ]] && chown postgres "$dir"
+    "${as[@]}" "$bindir/initdb" -D "$dir" -U postgres --auth=trust >/dev/null || return 1
+  fi
+  mkdir -p /tmp/outbox-pg-sock && { [[ $(id -u) == 0 ]] && chown postgres /tmp/outbox-pg-sock || true; }
+  log "starting a private PostgreSQL on port $port ($dir)"
+  "${as[@]}" "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+    -o "-p $port -k /tmp/outbox-pg-sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null || return 1
+  _STARTED_PG_DIR="$dir"; _PG_AS=("${as[@]}"); _PG_BINDIR="$bindir"
+  _wait_port 127.0.0.1 "$port" PostgreSQL
+}
+
+install_tansu() {
+  command -v tansu >/dev/null 2>&1 && return 0
+  [[ -x "$HOME/.cargo/bin/tansu" ]] && { export PATH="$HOME/.cargo/bin:$PATH"; return 0; }
+  log "installing tansu $TANSU_VERSION (cargo install, several minutes, once)"
+  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore -j "$(nproc)" \
+    >"$OUTBOX_STATE_DIR/tansu-install.log" 2>&1 || { tail -20 "$OUTBOX_STATE_DIR/tansu-install.log" >&2; return 1; }
+  export PATH="$HOME/.cargo/bin:$PATH"
+}
+
+start_kafka() {
+  local first="${KAFKA_BROKERS%%,*}" host port
+  host="${first%:*}"; port="${first##*:}"
+  if answers "$host" "$port"; then log "Kafka-API broker answers at $host:$port"; return 0; fi
+  _is_local "$host" || { log "broker $host:$port does not answer and is not local"; return 1; }
+  install_tansu || return 1
+  log "starting tansu on $host:$port"
+  tansu broker --storage-engine memory://tansu/ \
+    --listener-url "tcp://$host:$port" --advertised-listener-url "tcp://$host:$port" \
+    >"$OUTBOX_STATE_DIR/tansu-$port.log" 2>&1 &
+  _STARTED_TANSU_PID=$!
+  _wait_port "$host" "$port" tansu
+}
+
+services_start() {
+  start_postgres || { log "could not start PostgreSQL"; return 1; }
+  start_kafka || { log "could not start a Kafka-API broker"; return 1; }
+  install_tansu >/dev/null 2>&1 || true   # tests that pause a private broker use it when present
+}
+
+services_stop() {
+  if [[ -n "$_STARTED_TANSU_PID" ]]; then
+    kill "$_STARTED_TANSU_PID" 2>/dev/null; wait "$_STARTED_TANSU_PID" 2>/dev/null
+    log "stopped tansu"
+  fi
+  if [[ -n "$_STARTED_PG_DIR" ]]; then
+    "${_PG_AS[@]}" "$_PG_BINDIR/pg_ctl" -D "$_STARTED_PG_DIR" -m fast stop >/dev/null 2>&1
+    log "stopped the private PostgreSQL"
+  fi
+}
