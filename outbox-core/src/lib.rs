@@ -44,7 +44,8 @@ pub use config::{Ident, OutboxConfig, DEFAULT_MAX_PAYLOAD_BYTES};
 pub use enqueue::Outbox;
 pub use error::{Error, Result, ValidationError};
 pub use inbox::{
-    cleanup_inbox_now, BoxError, ConsumerConfig, ConsumerStats, Handler, HandlerError, InboxConsumer, Processed, ReceivedEvent,
+    cleanup_inbox_now, BoxError, ConsumerConfig, ConsumerStats, Handler, HandlerError, InboxConsumer, Processed,
+    ReceivedEvent,
 };
 pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
 pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, TopicCreation};

@@ -101,7 +101,7 @@ impl KafkaPublisherConfig {
             .set("bootstrap.servers", &self.brokers)
             .set("linger.ms", "1")
             .set("batch.num.messages", "10000")
-            .set("compression.type", "none")
+            .set("compression.type", "none");
         for (key, value) in &self.settings {
             if key.trim().is_empty() {
                 return Err(Error::Config("empty librdkafka setting name".into()));
