@@ -1,0 +1,58 @@
+//! I1, I2: exactly the committed events reach the topic, whatever happens to
+//! the broker meanwhile.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Concurrent writers commit and roll back at random while the relay runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_the_committed_events_are_published() {
+    let world = World::new(4).await;
+    let relay = world.relay(&[]);
+    let (committed, rolled_back) = write_events(&world, 8, 150, 50, 25).await;
+    assert!(!rolled_back.is_empty() && total(&committed) > 0);
+    world.wait_drained(Duration::from_secs(60)).await;
+    let records = world.read_topic(total(&committed));
+    let c = check(&records, &committed, &rolled_back);
+    println!("committed={} rolled_back={} {c:?}", total(&committed), rolled_back.len());
+    assert_eq!(c.lost, 0, "lost events");
+    assert_eq!(c.unexpected, 0, "rolled-back or unknown events published");
+    assert_eq!(c.delivered, total(&committed));
+    assert_eq!(c.order_violations, 0);
+    let status = relay.sigterm(Duration::from_secs(10));
+    assert!(status.success(), "relay exit status on SIGTERM: {status}");
+}
+
+/// The broker is unreachable (paused) for several seconds while events keep
+/// being committed: afterwards everything is published, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_outage_loses_nothing() {
+    let Some(broker) = PrivateBroker::start() else {
+        eprintln!("SKIPPED: needs the tansu binary to run a broker it can pause (./scripts/test installs it)");
+        return;
+    };
+    let world = World::with_brokers(3, broker.brokers.clone()).await;
+    let relay = world.relay(&[]);
+    let (mut committed, rolled_back) = write_events(&world, 4, 50, 20, 10).await;
+    broker.pause();
+    let (during, rolled_back_during) = write_events(&world, 4, 100, 20, 10).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stuck = world.pending().await;
+    assert!(stuck > 0, "events should wait while the broker is unreachable");
+    broker.resume();
+    let (after, rolled_back_after) = write_events(&world, 4, 50, 20, 10).await;
+    for (k, ids) in during.into_iter().chain(after) {
+        committed.entry(k).or_default().extend(ids);
+    }
+    let rolled_back: std::collections::HashSet<_> =
+        rolled_back.into_iter().chain(rolled_back_during).chain(rolled_back_after).collect();
+    world.wait_drained(Duration::from_secs(90)).await;
+    let records = world.read_topic(total(&committed));
+    let c = check(&records, &committed, &rolled_back);
+    println!("pending during outage={stuck} committed={} {c:?}", total(&committed));
+    assert_eq!((c.lost, c.unexpected, c.order_violations), (0, 0, 0));
+    drop(relay);
+}
