@@ -98,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
 
-    let consumer_config = ConsumerConfig::new(&args.brokers, &args.group, &[&args.topic]);
+    let mut consumer_config = ConsumerConfig::new(&args.brokers, &args.group, &[&args.topic]);
+    // A crashed member holds its partitions until its session times out:
+    // keep that short so a restarted consumer takes over quickly.
+    consumer_config.kafka_settings.push(("session.timeout.ms".into(), "6000".into()));
     let consumer = InboxConsumer::new(pool.clone(), &config, consumer_config, Billing { schema: s.clone() })?;
     let stats = consumer.stats();
     let shutdown = CancellationToken::new();

@@ -47,7 +47,9 @@ async fn late_commit_is_not_skipped() {
 
     let mut early_ids = Vec::new();
     for i in 0..50 {
-        let m = Message::json(&world.topic, "test.early", &serde_json::json!({ "i": i })).unwrap().with_key(format!("k{i}"));
+        let m = Message::json(&world.topic, "test.early", &serde_json::json!({ "i": i }))
+            .unwrap()
+            .with_key(format!("k{i}"));
         world.outbox.enqueue(&world.pool, &m).await.unwrap();
         early_ids.push(m.id());
     }

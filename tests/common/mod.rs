@@ -75,7 +75,10 @@ impl World {
 
     /// Rows still pending in the outbox.
     pub async fn pending(&self) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}\".outbox", self.schema)).fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}\".outbox", self.schema))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn dead_letters(&self) -> Vec<(Uuid, String, i32)> {
@@ -111,7 +114,8 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let result = admin.create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await;
+    let result =
+        admin.create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await;
     let result = result.unwrap();
     assert!(result.iter().all(Result::is_ok), "create topic {topic}: {result:?}");
 }
@@ -290,7 +294,10 @@ pub fn read_topic(brokers: &str, topic: &str, expect: usize, max: Duration) -> V
                 let mut headers: BTreeMap<String, String> = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for h in h.iter() {
-                        headers.insert(h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+                        headers.insert(
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        );
                     }
                 }
                 let id = Uuid::parse_str(&headers["ce_id"]).unwrap();
@@ -343,8 +350,10 @@ pub fn check(records: &[Record], committed: &HashMap<String, Vec<Uuid>>, rolled_
         let position: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         c.lost += ids.iter().filter(|id| !seen.contains(id)).count();
         c.delivered += ids.iter().filter(|id| seen.contains(id)).count();
-        let order: Vec<usize> =
-            first_by_key.get(key).map(|v| v.iter().filter_map(|id| position.get(id).copied()).collect()).unwrap_or_default();
+        let order: Vec<usize> = first_by_key
+            .get(key)
+            .map(|v| v.iter().filter_map(|id| position.get(id).copied()).collect())
+            .unwrap_or_default();
         c.order_violations += order.windows(2).filter(|w| w[0] > w[1]).count();
     }
     let known: HashSet<&Uuid> = committed.values().flatten().chain(rolled_back.iter()).collect();
@@ -439,7 +448,15 @@ impl PrivateBroker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu)
-            .args(["broker", "--storage-engine", "memory://tansu/", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -471,4 +488,40 @@ impl Drop for PrivateBroker {
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.exists()))
+}
+
+/// Runs the demo consumer (examples/consumer_service) against `world`;
+/// returns its exit status and stdout.
+pub fn run_consumer(world: &World, group: &str, expect: usize, failpoint: Option<&str>) -> (ExitStatus, String) {
+    let mut cmd = Command::new(binary("consumer_service"));
+    cmd.args(["--outbox-schema", &world.schema, "--app-schema", &format!("{}_app", world.schema)])
+        .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
+        .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])
+        .env("DATABASE_URL", database_url())
+        .env("RUST_LOG", "warn")
+        .env_remove("OUTBOX_FAILPOINT")
+        .stderr(Stdio::inherit());
+    if let Some(fp) = failpoint {
+        cmd.env("OUTBOX_FAILPOINT", fp);
+    }
+    let out = cmd.output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A `name=value` number from a summary line.
+pub fn field(summary: &str, name: &str) -> i64 {
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name} not in {summary:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// (effect rows, distinct event ids) the demo consumer applied.
+pub async fn effects(world: &World) -> (i64, i64) {
+    sqlx::query_as(&format!("SELECT count(*), count(DISTINCT event_id) FROM \"{}_app\".effects", world.schema))
+        .fetch_one(&world.pool)
+        .await
+        .unwrap()
 }
