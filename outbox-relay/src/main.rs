@@ -31,7 +31,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(2)
