@@ -1,5 +1,7 @@
 //! I8: bad input gets a clear, typed error and changes nothing.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::process::{Command, Output};
@@ -106,7 +108,10 @@ async fn unreachable_database_fails_clearly_without_leaking_the_password() {
     let out = relay(&["--db-connect-timeout", "2s", "run"], &url);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("cannot connect to PostgreSQL at postgres://app:***@127.0.0.1:{port}/orders")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to PostgreSQL at postgres://app:***@127.0.0.1:{port}/orders")),
+        "{stderr}"
+    );
     assert!(!stderr.contains("s3cret-pw"), "password leaked: {stderr}");
     let out = relay(&["migrate"], &url);
     assert_eq!(out.status.code(), Some(1));

@@ -2,6 +2,8 @@
 //! or at any random moment, loses nothing; the duplicates it causes are
 //! counted, and the inbox consumer applies each effect once.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::os::unix::process::ExitStatusExt;

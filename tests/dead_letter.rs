@@ -1,6 +1,8 @@
 //! I7: events that can never be delivered go to the dead-letter table with
 //! their error instead of blocking the relay; other events flow on.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::time::Duration;

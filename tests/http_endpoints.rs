@@ -1,5 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` answer with real values.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::time::Duration;

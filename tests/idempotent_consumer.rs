@@ -1,6 +1,8 @@
 //! I5: a consumer killed between its database commit and its offset commit
 //! does not apply the redelivered event twice.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::os::unix::process::ExitStatusExt;

@@ -1,6 +1,8 @@
 //! I1, I2: exactly the committed events reach the topic, whatever happens to
 //! the broker meanwhile.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! I4 (one relay) and I6: per-key order in the topic equals commit order, and
 //! a transaction that commits late is still published.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use std::time::Duration;

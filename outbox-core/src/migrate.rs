@@ -96,22 +96,6 @@ pub async fn migrate(pool: &PgPool, config: &OutboxConfig) -> Result<()> {
     migrate_verbose(pool, config).await.map(drop)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_every_placeholder() {
-        let config = OutboxConfig::default().with_schema("billing").unwrap();
-        for m in MIGRATIONS {
-            let sql = render(m.sql, &config);
-            assert!(!sql.contains('{') || sql.contains("'{}'"), "unrendered placeholder in {}", m.version);
-            assert!(sql.contains("\"billing\"."));
-        }
-        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(LATEST_VERSION));
-    }
-}
-
 /// The schema version applied in the database, `None` when the outbox has
 /// never been migrated there.
 ///
@@ -131,4 +115,20 @@ pub async fn applied_version(pool: &PgPool, config: &OutboxConfig) -> Result<Opt
     }
     let quoted = format!("{}.\"{}_migrations\"", config.schema().quoted(), config.outbox_table());
     Ok(sqlx::query_scalar(&format!("SELECT max(version) FROM {quoted}")).fetch_one(pool).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_placeholder() {
+        let config = OutboxConfig::default().with_schema("billing").unwrap();
+        for m in MIGRATIONS {
+            let sql = render(m.sql, &config);
+            assert!(!sql.contains('{') || sql.contains("'{}'"), "unrendered placeholder in {}", m.version);
+            assert!(sql.contains("\"billing\"."));
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(LATEST_VERSION));
+    }
 }
