@@ -129,6 +129,14 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError>;
 }
 
+/// A shared handler is a handler (so tests and services can keep a handle).
+#[async_trait]
+impl<H: Handler> Handler for Arc<H> {
+    async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        (**self).handle(event, tx).await
+    }
+}
+
 /// Configuration of an [`InboxConsumer`].
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
