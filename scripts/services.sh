@@ -108,3 +108,30 @@ services_stop() {
     log "stopped the private PostgreSQL"
   fi
 }
+
+# psql, installed when missing.
+ensure_psql() {
+  command -v psql >/dev/null 2>&1 && return 0
+  log "installing the PostgreSQL client (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+}
+
+# Creates the database named in DATABASE_URL when it does not exist.
+ensure_database() {
+  ensure_psql || return 1
+  local db="${DATABASE_URL##*/}"; db="${db%%\?*}"
+  local admin="${DATABASE_URL%/*}/postgres"
+  if ! psql "$admin" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+    psql "$admin" -qc "CREATE DATABASE \"$db\"" >/dev/null && log "created database $db"
+  fi
+}
+
+# GET http://127.0.0.1:PORT/PATH without curl; prints the body.
+http_get() {
+  local port=$1 path=$2
+  exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+  printf 'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$path" >&3
+  sed '1,/^\r$/d' <&3
+  exec 3<&-
+}
