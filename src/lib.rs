@@ -1,4 +1,4 @@
-//! `outbox`: the transactional outbox, relay and idempotent inbox.
+#![doc = include_str!("../README.md")]
 //!
 //! This facade re-exports [`outbox_core`]; see its documentation.
 
