@@ -50,7 +50,7 @@ pub use inbox::{
 pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
 pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, TopicCreation};
 pub use relay::{BatchReport, Relay, RelayConfig};
-pub use store::{DeadLetter, OutboxEvent, OutboxStats, OutboxStore, PgStore, RetryLater};
+pub use store::{DeadLetter, Leadership, OutboxEvent, OutboxStats, OutboxStore, PgStore, RetryLater};
 
 /// Re-exported so applications and the relay use the same versions.
 pub use tokio_util::sync::CancellationToken;

@@ -34,6 +34,8 @@ pub struct RelayConfig {
     /// them pending (they are published again by the next relay: duplicates,
     /// never losses).
     pub shutdown_grace: Duration,
+    /// How often a standby relay tries to become the active one.
+    pub standby_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -44,6 +46,7 @@ impl Default for RelayConfig {
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            standby_interval: Duration::from_secs(1),
         }
     }
 }
@@ -73,6 +76,13 @@ impl RelayConfig {
             .without_max_times()
             .build();
         delays.nth(usize::try_from(attempts.max(0)).unwrap_or(0).min(64)).unwrap_or(self.retry_max_delay)
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.cancelled() => {}
     }
 }
 
@@ -127,10 +137,46 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Runs until `shutdown` is cancelled, then finishes the batch in flight
     /// (within [`RelayConfig::shutdown_grace`]) and returns.
+    ///
+    /// Only one relay per outbox publishes at a time: the others wait as
+    /// standbys (checking every [`RelayConfig::standby_interval`]) and take
+    /// over when the active relay's database session ends.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let mut error_streak = 0u32;
+        let mut leadership: Option<Box<dyn crate::store::Leadership>> = None;
+        let mut announced_standby = false;
         while !shutdown.is_cancelled() {
-            let pause = match self.run_once(&shutdown).await {
+            let held = match leadership.as_mut() {
+                Some(l) => l.still_held().await.unwrap_or(false),
+                None => false,
+            };
+            if !held {
+                if leadership.take().is_some() {
+                    tracing::warn!("lost the outbox lock (database session ended): standing by");
+                }
+                metrics::gauge!("outbox_relay_active").set(0.0);
+                match self.store.try_lead().await {
+                    Ok(Some(l)) => {
+                        tracing::info!("active: this relay now drains the outbox");
+                        metrics::gauge!("outbox_relay_active").set(1.0);
+                        leadership = Some(l);
+                    }
+                    Ok(None) => {
+                        if !announced_standby {
+                            tracing::info!("standby: another relay is draining this outbox");
+                            announced_standby = true;
+                        }
+                        pause(&shutdown, self.config.standby_interval).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take the outbox lock");
+                        pause(&shutdown, self.config.standby_interval).await;
+                        continue;
+                    }
+                }
+            }
+            let pause_for = match self.run_once(&shutdown).await {
                 Ok(report) => {
                     error_streak = 0;
                     if report.claimed < self.config.batch_size && report.published == 0 {
@@ -146,11 +192,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     Some(delay.min(Duration::from_secs(5)))
                 }
             };
-            if let Some(pause) = pause {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.cancelled() => {}
-                }
+            if let Some(d) = pause_for {
+                pause(&shutdown, d).await;
             }
         }
         tracing::info!("relay stopped");

@@ -118,6 +118,11 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How often a standby relay (another one is active on this outbox)
+    /// tries to take over.
+    #[arg(long, env = "OUTBOX_STANDBY_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    pub standby_interval: Duration,
+
     /// Create missing topics (otherwise their events are dead-lettered with
     /// an "unknown topic" error).
     #[arg(long, env = "OUTBOX_CREATE_TOPICS")]
@@ -159,6 +164,7 @@ impl RunArgs {
             retry_min_delay: self.retry_min_delay,
             retry_max_delay: self.retry_max_delay,
             shutdown_grace: self.shutdown_grace,
+            standby_interval: self.standby_interval,
         }
     }
 

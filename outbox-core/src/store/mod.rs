@@ -77,6 +77,18 @@ pub struct OutboxStats {
     pub dead_letters: i64,
 }
 
+/// The exclusive right to drain one outbox, held while this value lives.
+///
+/// One relay per outbox is active; others wait as hot standbys and take
+/// over when the active one's database session ends (crash, kill, network
+/// loss).
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// `true` while the right is still held; `false` (or an error) once it
+    /// was lost, after which the relay must stop publishing.
+    async fn still_held(&mut self) -> Result<bool>;
+}
+
 /// The storage interface the relay works against. One implementation per
 /// database backend; [`PgStore`] is the PostgreSQL one.
 #[async_trait]
@@ -95,4 +107,7 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn stats(&self) -> Result<OutboxStats>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<()>;
+    /// Tries to become the active relay of this outbox; `None` when another
+    /// relay is active.
+    async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>>;
 }

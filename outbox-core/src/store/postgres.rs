@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{DeadLetter, OutboxEvent, OutboxStats, OutboxStore, RetryLater};
+use super::{DeadLetter, Leadership, OutboxEvent, OutboxStats, OutboxStore, RetryLater};
 use crate::config::OutboxConfig;
 use crate::error::Result;
 
@@ -29,6 +29,7 @@ pub(crate) struct PgSql {
     retry_later: String,
     dead_letter: String,
     stats: String,
+    lock_key: String,
 }
 
 impl PgSql {
@@ -75,6 +76,7 @@ impl PgSql {
                         (SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM {outbox}), \
                         (SELECT count(*) FROM {dlq})"
             ),
+            lock_key: format!("outbox-relay:{}.{}", config.schema(), config.outbox_table()),
         }
     }
 }
@@ -218,5 +220,30 @@ impl OutboxStore for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&self.sql.lock_key)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(locked.then(|| Box::new(PgLeadership { conn }) as Box<dyn Leadership>))
+    }
+}
+
+/// A session-level advisory lock on a dedicated connection: released by
+/// PostgreSQL as soon as that session ends.
+struct PgLeadership {
+    conn: sqlx::PgConnection,
+}
+
+#[async_trait]
+impl Leadership for PgLeadership {
+    async fn still_held(&mut self) -> Result<bool> {
+        // The session lock lives exactly as long as the session: if this
+        // round trip succeeds on the same connection, the lock is still ours.
+        sqlx::query("SELECT 1").execute(&mut self.conn).await?;
+        Ok(true)
     }
 }
