@@ -53,6 +53,10 @@ async fn duplicate_id_is_a_typed_error() {
     world.outbox.enqueue(&world.pool, &m).await.unwrap();
     let err = world.outbox.enqueue(&world.pool, &m).await.unwrap_err();
     assert!(matches!(err, Error::DuplicateId(id) if id == m.id()), "{err}");
+    // In a batch, the error names the id that collided, not the first one.
+    let fresh = Message::bytes(&world.topic, "t", vec![2]);
+    let err = world.outbox.enqueue_all(&world.pool, &[fresh, m.clone()]).await.unwrap_err();
+    assert!(matches!(err, Error::DuplicateId(id) if id == m.id()), "{err}");
     assert_eq!(outbox_rows(&world).await, 1);
 }
 

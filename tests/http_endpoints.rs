@@ -11,7 +11,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_and_readiness_reflect_the_relay() {
     let world = World::new(2).await;
-    let relay = world.relay(&[]);
+    let relay = world.relay(&["--log-format", "json"]);
     let (committed, _) = write_events(&world, 2, 15, 5, 0).await;
     world.wait_drained(Duration::from_secs(30)).await;
 
@@ -30,6 +30,15 @@ async fn metrics_and_readiness_reflect_the_relay() {
     assert!(metrics.contains("outbox_delivery_failures_total 0"));
     assert!(metrics.contains("outbox_batch_publish_duration_seconds_bucket"));
     assert!(metrics.contains("outbox_batch_publish_duration_seconds_count"));
+
+    // --log-format json: every log line is a JSON object.
+    let log = relay.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

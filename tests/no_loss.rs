@@ -58,3 +58,39 @@ async fn broker_outage_loses_nothing() {
     assert_eq!((c.lost, c.unexpected, c.order_violations), (0, 0, 0));
     drop(relay);
 }
+
+/// SIGTERM while a batch waits for the broker: the relay stops claiming,
+/// waits for the in-flight confirmations, marks them, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_waits_for_in_flight_confirmations() {
+    let Some(broker) = PrivateBroker::start() else {
+        eprintln!("SKIPPED: needs the tansu binary to run a broker it can pause (./scripts/test installs it)");
+        return;
+    };
+    let world = World::with_brokers(1, broker.brokers.clone()).await;
+    let relay = world.relay(&["--shutdown-grace", "20s"]);
+    write_events(&world, 1, 5, 5, 0).await;
+    world.wait_drained(Duration::from_secs(30)).await;
+
+    broker.pause();
+    // One transaction, so that one batch claims all of it.
+    let batch: Vec<outbox::Message> = (0..50)
+        .map(|i| {
+            outbox::Message::json(&world.topic, "test.event", &serde_json::json!({ "i": i })).unwrap().with_key("k")
+        })
+        .collect();
+    world.outbox.enqueue_all(&world.pool, &batch).await.unwrap();
+    let committed: std::collections::HashMap<String, Vec<uuid::Uuid>> =
+        [("k".to_owned(), batch.iter().map(|m| m.id()).collect())].into();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(world.pending().await, 50, "in flight, not confirmed");
+    relay.signal("TERM");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.resume();
+    let status = relay.wait_exit(Duration::from_secs(25));
+    assert!(status.success(), "{status}");
+    assert_eq!(world.pending().await, 0, "confirmations that arrived during shutdown are marked");
+    let records = world.read_topic(total(&committed) + 5);
+    let c = check(&records, &committed, &Default::default());
+    assert_eq!((c.lost, c.order_violations), (0, 0));
+}

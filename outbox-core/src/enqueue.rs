@@ -117,14 +117,20 @@ impl Outbox {
         result.map(drop).map_err(|e| self.map_duplicate(e, || ids[0]))
     }
 
-    fn map_duplicate(&self, e: sqlx::Error, id: impl FnOnce() -> uuid::Uuid) -> Error {
-        let duplicate = e
-            .as_database_error()
-            .is_some_and(|d| d.code().as_deref() == Some("23505") && d.constraint() == Some(&self.sql.id_constraint));
-        if duplicate {
-            Error::DuplicateId(id())
-        } else {
-            Error::Database(e)
+    /// Turns a unique violation on the id into [`Error::DuplicateId`] naming
+    /// the offending id (PostgreSQL reports it as `Key (id)=(…) already exists.`).
+    fn map_duplicate(&self, e: sqlx::Error, fallback: impl FnOnce() -> uuid::Uuid) -> Error {
+        let Some(db) = e.as_database_error() else {
+            return Error::Database(e);
+        };
+        if db.code().as_deref() != Some("23505") || db.constraint() != Some(&self.sql.id_constraint) {
+            return Error::Database(e);
         }
+        let reported = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|pg| pg.detail())
+            .and_then(|detail| detail.split_once("=(")?.1.split_once(')').map(|(id, _)| id.to_owned()))
+            .and_then(|id| uuid::Uuid::parse_str(&id).ok());
+        Error::DuplicateId(reported.unwrap_or_else(fallback))
     }
 }
