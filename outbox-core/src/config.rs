@@ -71,6 +71,9 @@ impl fmt::Display for Ident {
 /// (1,048,588) with room for key and headers.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 900 * 1024;
 
+/// Default number of slots keys are spread over.
+pub const DEFAULT_SLOTS: u16 = 64;
+
 /// Where the outbox tables live and what is accepted into them.
 ///
 /// The defaults put every table in the schema `outbox`:
@@ -93,6 +96,7 @@ pub struct OutboxConfig {
     inbox_dead_letter_table: Ident,
     max_payload_bytes: usize,
     source: String,
+    slots: u16,
 }
 
 impl Default for OutboxConfig {
@@ -106,6 +110,7 @@ impl Default for OutboxConfig {
             inbox_dead_letter_table: ident("inbox_dead_letter"),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             source: "/outbox".to_owned(),
+            slots: DEFAULT_SLOTS,
         }
     }
 }
@@ -147,6 +152,22 @@ impl OutboxConfig {
         self
     }
 
+    /// Sets the number of slots keys are spread over (1–4096). Relays divide
+    /// the slots among themselves; it is fixed when the outbox is first
+    /// migrated and later changes have no effect.
+    pub fn with_slots(mut self, slots: u16) -> Result<Self> {
+        if !(1..=4096).contains(&slots) {
+            return Err(Error::Config(format!("slots must be between 1 and 4096, got {slots}")));
+        }
+        self.slots = slots;
+        Ok(self)
+    }
+
+    /// The number of slots used when the outbox is created.
+    pub fn slots(&self) -> u16 {
+        self.slots
+    }
+
     /// The schema.
     pub fn schema(&self) -> &Ident {
         &self.schema
@@ -179,6 +200,11 @@ impl OutboxConfig {
     /// `"schema"."table"` for one of the tables.
     pub(crate) fn qualified(&self, table: &Ident) -> String {
         format!("{}.{}", self.schema.quoted(), table.quoted())
+    }
+
+    /// `"schema"."table_suffix"` for a table derived from another's name.
+    pub(crate) fn qualified_suffix(&self, table: &Ident, suffix: &str) -> String {
+        format!("{}.\"{}_{suffix}\"", self.schema.quoted(), table.as_str())
     }
 }
 

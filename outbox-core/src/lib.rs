@@ -33,6 +33,7 @@ mod enqueue;
 mod error;
 mod failpoint;
 mod inbox;
+pub mod lease;
 mod message;
 pub mod migrate;
 mod publish;
@@ -40,7 +41,7 @@ mod relay;
 mod store;
 pub mod trace;
 
-pub use config::{Ident, OutboxConfig, DEFAULT_MAX_PAYLOAD_BYTES};
+pub use config::{Ident, OutboxConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_SLOTS};
 pub use enqueue::Outbox;
 pub use error::{Error, Result, ValidationError};
 pub use inbox::{
@@ -50,7 +51,7 @@ pub use inbox::{
 pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
 pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, TopicCreation};
 pub use relay::{BatchReport, Relay, RelayConfig};
-pub use store::{DeadLetter, Leadership, OutboxEvent, OutboxStats, OutboxStore, PgStore, RetryLater};
+pub use store::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, PgStore, Rebalance, RelayId, RetryLater};
 
 /// Re-exported so applications and the relay use the same versions.
 pub use tokio_util::sync::CancellationToken;

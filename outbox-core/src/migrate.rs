@@ -29,10 +29,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "inbox tables",
         sql: include_str!("../../migrations/postgres/0002_inbox.sql"),
     },
+    Migration {
+        version: 3,
+        description: "slots and leases",
+        sql: include_str!("../../migrations/postgres/0003_slots_and_leases.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 2;
+pub const LATEST_VERSION: i64 = 3;
 
 /// Renders a migration's SQL for `config`'s (checked) identifiers.
 fn render(sql: &str, config: &OutboxConfig) -> String {
@@ -42,6 +47,9 @@ fn render(sql: &str, config: &OutboxConfig) -> String {
         .replace("{dead_letter}", &config.qualified(config.dead_letter_table()))
         .replace("{inbox_dead_letter}", &config.qualified(config.inbox_dead_letter_table()))
         .replace("{inbox}", &config.qualified(config.inbox_table()))
+        .replace("{leases}", &config.qualified_suffix(config.outbox_table(), "leases"))
+        .replace("{relays}", &config.qualified_suffix(config.outbox_table(), "relays"))
+        .replace("{slots}", &config.slots().to_string())
         .replace("{schema}", &config.schema().quoted())
 }
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::publish::{Delivery, Publisher};
-use crate::store::{DeadLetter, OutboxStore, RetryLater};
+use crate::store::{DeadLetter, Fence, OutboxStore, RelayId, RetryLater};
 
 /// How the relay paces itself.
 ///
@@ -34,8 +34,14 @@ pub struct RelayConfig {
     /// them pending (they are published again by the next relay: duplicates,
     /// never losses).
     pub shutdown_grace: Duration,
-    /// How often a standby relay tries to become the active one.
-    pub standby_interval: Duration,
+    /// How long a slot lease lasts without a heartbeat: a relay that stops
+    /// (killed, paused) loses its slots this long after its last heartbeat.
+    /// Heartbeats are sent every third of it.
+    pub lease_timeout: Duration,
+    /// How often the relay re-divides slots when relays join or leave.
+    pub rebalance_interval: Duration,
+    /// A human-readable name for this relay instance (shown by `status`).
+    pub name: String,
 }
 
 impl Default for RelayConfig {
@@ -46,7 +52,9 @@ impl Default for RelayConfig {
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
-            standby_interval: Duration::from_secs(1),
+            lease_timeout: Duration::from_secs(10),
+            rebalance_interval: Duration::from_secs(1),
+            name: default_name(),
         }
     }
 }
@@ -63,6 +71,12 @@ impl RelayConfig {
         }
         if self.retry_min_delay.is_zero() || self.retry_min_delay > self.retry_max_delay {
             return bad("retry delays must satisfy 0 < min <= max");
+        }
+        if self.lease_timeout < Duration::from_millis(300) {
+            return bad("lease timeout must be at least 300ms");
+        }
+        if self.rebalance_interval.is_zero() {
+            return bad("rebalance interval must be above zero");
         }
         Ok(())
     }
@@ -84,6 +98,16 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) {
         _ = tokio::time::sleep(duration) => {}
         _ = shutdown.cancelled() => {}
     }
+}
+
+/// `host:pid`, the default relay name.
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 /// What one batch did.
@@ -113,6 +137,7 @@ pub struct BatchReport {
 /// # Ok(()) }
 /// ```
 pub struct Relay<S, P> {
+    id: RelayId,
     store: Arc<S>,
     publisher: Arc<P>,
     config: RelayConfig,
@@ -122,7 +147,12 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// A relay over `store` and `publisher`.
     pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Relay { store: Arc::new(store), publisher: Arc::new(publisher), config })
+        Ok(Relay { id: uuid::Uuid::now_v7(), store: Arc::new(store), publisher: Arc::new(publisher), config })
+    }
+
+    /// This instance's id (a new one per process).
+    pub fn id(&self) -> RelayId {
+        self.id
     }
 
     /// The store.
@@ -136,73 +166,87 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     }
 
     /// Runs until `shutdown` is cancelled, then finishes the batch in flight
-    /// (within [`RelayConfig::shutdown_grace`]) and returns.
+    /// (within [`RelayConfig::shutdown_grace`]), releases its slots and
+    /// returns.
     ///
-    /// Only one relay per outbox publishes at a time: the others wait as
-    /// standbys (checking every [`RelayConfig::standby_interval`]) and take
-    /// over when the active relay's database session ends.
+    /// Any number of relays may run on one outbox: they divide the slots
+    /// among themselves (see [`crate::lease`]).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let heartbeats = CancellationToken::new();
+        let heartbeat =
+            tokio::spawn(heartbeat_loop(Arc::clone(&self.store), self.id, self.config.clone(), heartbeats.clone()));
+        tracing::info!(relay = %self.id, name = %self.config.name, "relay joined");
         let mut error_streak = 0u32;
-        let mut leadership: Option<Box<dyn crate::store::Leadership>> = None;
-        let mut announced_standby = false;
+        let mut last_rebalance: Option<Instant> = None;
+        let mut owned: Vec<i32> = Vec::new();
         while !shutdown.is_cancelled() {
-            let held = match leadership.as_mut() {
-                Some(l) => l.still_held().await.unwrap_or(false),
-                None => false,
-            };
-            if !held {
-                if leadership.take().is_some() {
-                    tracing::warn!("lost the outbox lock (database session ended): standing by");
-                }
-                metrics::gauge!("outbox_relay_active").set(0.0);
-                match self.store.try_lead().await {
-                    Ok(Some(l)) => {
-                        tracing::info!("active: this relay now drains the outbox");
-                        metrics::gauge!("outbox_relay_active").set(1.0);
-                        leadership = Some(l);
-                    }
-                    Ok(None) => {
-                        if !announced_standby {
-                            tracing::info!("standby: another relay is draining this outbox");
-                            announced_standby = true;
-                        }
-                        pause(&shutdown, self.config.standby_interval).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot take the outbox lock");
-                        pause(&shutdown, self.config.standby_interval).await;
-                        continue;
-                    }
+            if last_rebalance.is_none_or(|t| t.elapsed() >= self.config.rebalance_interval) {
+                match self.rebalance(&mut owned).await {
+                    Ok(()) => last_rebalance = Some(Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "rebalance failed"),
                 }
             }
-            let pause_for = match self.run_once(&shutdown).await {
-                Ok(report) => {
-                    error_streak = 0;
-                    if report.claimed < self.config.batch_size && report.published == 0 {
-                        Some(self.config.poll_interval)
-                    } else {
-                        None
+            let pause_for = if owned.is_empty() {
+                Some(self.config.rebalance_interval.min(self.config.poll_interval * 10))
+            } else {
+                match self.run_once(&shutdown).await {
+                    Ok(report) => {
+                        error_streak = 0;
+                        (report.claimed < self.config.batch_size && report.published == 0)
+                            .then_some(self.config.poll_interval)
                     }
-                }
-                Err(e) => {
-                    error_streak += 1;
-                    let delay = self.config.retry_delay(i32::try_from(error_streak).unwrap_or(i32::MAX));
-                    tracing::warn!(error = %e, retry_in = ?delay, "relay batch failed");
-                    Some(delay.min(Duration::from_secs(5)))
+                    Err(e) => {
+                        error_streak += 1;
+                        let delay = self.config.retry_delay(i32::try_from(error_streak).unwrap_or(i32::MAX));
+                        tracing::warn!(error = %e, retry_in = ?delay, "relay batch failed");
+                        Some(delay.min(Duration::from_secs(5)))
+                    }
                 }
             };
             if let Some(d) = pause_for {
                 pause(&shutdown, d).await;
             }
         }
-        tracing::info!("relay stopped");
+        heartbeats.cancel();
+        let _ = heartbeat.await;
+        match self.store.leave(self.id).await {
+            Ok(()) => tracing::info!("relay stopped; slots released"),
+            Err(e) => tracing::warn!(error = %e, "relay stopped; could not release slots (they expire)"),
+        }
+        metrics::gauge!("outbox_slots_owned").set(0.0);
+        Ok(())
+    }
+
+    /// Re-divides slots among live relays and records what changed.
+    async fn rebalance(&self, owned: &mut Vec<i32>) -> Result<()> {
+        let r = self.store.rebalance(self.id, self.config.lease_timeout).await?;
+        if !r.acquired.is_empty() || !r.released.is_empty() {
+            metrics::counter!("outbox_rebalances_total").increment(1);
+            metrics::counter!("outbox_lease_takeovers_total").increment(r.taken_over.len() as u64);
+            tracing::info!(
+                live_relays = r.live_relays,
+                owned = r.owned.len(),
+                acquired = ?r.acquired,
+                taken_over = ?r.taken_over,
+                released = ?r.released,
+                "slots rebalanced"
+            );
+        }
+        for slot in owned.iter().filter(|s| !r.owned.contains(s)) {
+            metrics::gauge!("outbox_slot_owned", "slot" => slot.to_string()).set(0.0);
+        }
+        for slot in &r.owned {
+            metrics::gauge!("outbox_slot_owned", "slot" => slot.to_string()).set(1.0);
+        }
+        metrics::gauge!("outbox_slots_owned").set(r.owned.len() as f64);
+        metrics::gauge!("outbox_live_relays").set(r.live_relays as f64);
+        *owned = r.owned;
         Ok(())
     }
 
     /// Claims, publishes and settles one batch.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
-        let events = self.store.claim(self.config.batch_size).await?;
+        let events = self.store.claim(self.id, self.config.batch_size).await?;
         let mut report = BatchReport { claimed: events.len(), ..Default::default() };
         if events.is_empty() {
             return Ok(report);
@@ -229,7 +273,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         metrics::counter!("outbox_order_gaps_total").increment(1);
                         tracing::error!(id = %event.id, key = ?event.key, "event confirmed after an earlier event of its key failed");
                     }
-                    delivered.push(event.seq);
+                    delivered.push(event.fence());
                 }
                 Delivery::Retry(error) => {
                     if let Some(k) = &event.key {
@@ -237,14 +281,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     }
                     let retry_after = self.config.retry_delay(event.attempts);
                     tracing::warn!(id = %event.id, topic = %event.topic, attempts = event.attempts + 1, %error, ?retry_after, "delivery failed, will retry");
-                    retries.push(RetryLater { seq: event.seq, error, retry_after });
+                    retries.push(RetryLater { fence: event.fence(), error, retry_after });
                 }
                 Delivery::Permanent(error) => {
                     if let Some(k) = &event.key {
                         failed_keys.insert(k);
                     }
                     tracing::error!(id = %event.id, topic = %event.topic, %error, "delivery failed permanently: dead-lettering");
-                    dead.push(DeadLetter { seq: event.seq, error });
+                    dead.push(DeadLetter { fence: event.fence(), error });
                 }
                 Delivery::Held => report.held += 1,
             }
@@ -262,37 +306,63 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(report)
     }
 
-    /// Records the batch's outcome. Marking confirmed rows is retried until it
-    /// succeeds or the relay shuts down: forgetting a confirmation costs a
-    /// duplicate, never a loss.
+    /// Records the batch's outcome, fenced by the lease epochs the rows were
+    /// claimed under. Retried until it succeeds or the relay shuts down:
+    /// forgetting a confirmation costs a duplicate, never a loss.
     async fn settle(
         &self,
         shutdown: &CancellationToken,
-        delivered: &[i64],
+        delivered: &[Fence],
         retries: &[RetryLater],
         dead: &[DeadLetter],
     ) -> Result<()> {
         let mut attempt = 0;
         loop {
             let result = async {
-                self.store.mark_published(delivered).await?;
-                self.store.dead_letter(dead).await?;
-                self.store.retry_later(retries).await
+                let marked = self.store.mark_published(self.id, delivered).await?;
+                let dead_lettered = self.store.dead_letter(self.id, dead).await?;
+                let rescheduled = self.store.retry_later(self.id, retries).await?;
+                Ok::<_, crate::Error>(marked + dead_lettered + rescheduled)
             }
             .await;
             match result {
-                Ok(()) => return Ok(()),
+                Ok(settled) => {
+                    let expected = (delivered.len() + dead.len() + retries.len()) as u64;
+                    if settled < expected {
+                        // The slot changed owner meanwhile (this relay was
+                        // paused past its lease): the new owner publishes
+                        // these rows again; duplicates, never losses.
+                        metrics::counter!("outbox_fenced_rows_total").increment(expected - settled);
+                        tracing::warn!(
+                            fenced = expected - settled,
+                            "left alone rows of slots this relay no longer owns"
+                        );
+                    }
+                    return Ok(());
+                }
                 Err(e) if shutdown.is_cancelled() => return Err(e),
                 Err(e) => {
                     attempt += 1;
                     let delay = self.config.retry_delay(attempt).min(Duration::from_secs(5));
                     tracing::warn!(error = %e, retry_in = ?delay, "could not record batch outcome, retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    pause(shutdown, delay).await;
                 }
             }
+        }
+    }
+}
+
+/// Keeps this relay's heartbeat and leases fresh, independently of batches
+/// (a batch may wait on the broker for a long time).
+async fn heartbeat_loop<S: OutboxStore>(store: Arc<S>, id: RelayId, config: RelayConfig, stop: CancellationToken) {
+    let every = config.lease_timeout / 3;
+    loop {
+        if let Err(e) = store.heartbeat(id, &config.name, config.lease_timeout).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -118,10 +118,18 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// How often a standby relay (another one is active on this outbox)
-    /// tries to take over.
-    #[arg(long, env = "OUTBOX_STANDBY_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
-    pub standby_interval: Duration,
+    /// Lease of a slot without heartbeat: a relay that dies or stalls loses
+    /// its slots to the others this long after its last heartbeat.
+    #[arg(long, env = "OUTBOX_LEASE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub lease_timeout: Duration,
+
+    /// How often relays re-divide the slots when one joins or leaves.
+    #[arg(long, env = "OUTBOX_REBALANCE_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    pub rebalance_interval: Duration,
+
+    /// Name of this relay instance in `status` (default host:pid).
+    #[arg(long, env = "OUTBOX_RELAY_NAME")]
+    pub name: Option<String>,
 
     /// Create missing topics (otherwise their events are dead-lettered with
     /// an "unknown topic" error).
@@ -164,7 +172,9 @@ impl RunArgs {
             retry_min_delay: self.retry_min_delay,
             retry_max_delay: self.retry_max_delay,
             shutdown_grace: self.shutdown_grace,
-            standby_interval: self.standby_interval,
+            lease_timeout: self.lease_timeout,
+            rebalance_interval: self.rebalance_interval,
+            name: self.name.clone().unwrap_or_else(|| RelayConfig::default().name),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Storage: every SQL statement lives below this module, per backend, behind
 //! the [`OutboxStore`] interface the relay is written against.
 
+mod inbox_sql;
 mod postgres;
 
 use std::collections::BTreeMap;
@@ -12,8 +13,9 @@ use uuid::Uuid;
 
 use crate::error::Result;
 
+pub(crate) use inbox_sql::InboxSql;
+pub(crate) use postgres::PgSql;
 pub use postgres::PgStore;
-pub(crate) use postgres::{InboxSql, PgSql};
 
 /// An outbox row claimed by the relay for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +46,53 @@ pub struct OutboxEvent {
     pub occurred_at: DateTime<Utc>,
     /// Failed delivery attempts so far.
     pub attempts: i32,
+    /// The slot its key maps to.
+    pub slot: i32,
+    /// The epoch of the slot's lease it was claimed under (the fence).
+    pub epoch: i64,
+}
+
+impl OutboxEvent {
+    /// The row's fence: its sequence number and the lease epoch it was
+    /// claimed under.
+    pub fn fence(&self) -> Fence {
+        Fence { seq: self.seq, epoch: self.epoch }
+    }
+}
+
+/// A claimed row and the lease epoch it was claimed under. Writes carrying a
+/// fence only take effect while the writer still owns the slot at that epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The row.
+    pub seq: i64,
+    /// The lease epoch.
+    pub epoch: i64,
+}
+
+/// Identity of one relay instance (a fresh UUID per process start).
+pub type RelayId = Uuid;
+
+/// What a rebalance changed for one relay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebalance {
+    /// Live relays sharing the outbox, this one included.
+    pub live_relays: usize,
+    /// Slots this relay owns now.
+    pub owned: Vec<i32>,
+    /// Slots acquired by this call.
+    pub acquired: Vec<i32>,
+    /// Of those, slots taken over from a relay whose lease had expired.
+    pub taken_over: Vec<i32>,
+    /// Slots released to other relays by this call.
+    pub released: Vec<i32>,
 }
 
 /// A delivery that failed but will be retried after `retry_after`.
 #[derive(Debug, Clone)]
 pub struct RetryLater {
-    /// The row.
-    pub seq: i64,
+    /// The row and its fence.
+    pub fence: Fence,
     /// What went wrong.
     pub error: String,
     /// How long to wait before the next attempt.
@@ -60,8 +102,8 @@ pub struct RetryLater {
 /// A row that failed for good and moves to the dead-letter table.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    /// The row.
-    pub seq: i64,
+    /// The row and its fence.
+    pub fence: Fence,
     /// Why it failed.
     pub error: String,
 }
@@ -77,37 +119,34 @@ pub struct OutboxStats {
     pub dead_letters: i64,
 }
 
-/// The exclusive right to drain one outbox, held while this value lives.
-///
-/// One relay per outbox is active; others wait as hot standbys and take
-/// over when the active one's database session ends (crash, kill, network
-/// loss).
-#[async_trait]
-pub trait Leadership: Send + Sync {
-    /// `true` while the right is still held; `false` (or an error) once it
-    /// was lost, after which the relay must stop publishing.
-    async fn still_held(&mut self) -> Result<bool>;
-}
-
 /// The storage interface the relay works against. One implementation per
 /// database backend; [`PgStore`] is the PostgreSQL one.
+///
+/// Work is partitioned by slot (a hash of the key); every read and write of
+/// outbox rows goes through the slot leases of the calling relay, so a relay
+/// that lost a slot can neither claim nor settle that slot's rows.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Up to `limit` pending rows in sequence order, leaving out rows that are
-    /// backing off and every later row of the same key.
-    async fn claim(&self, limit: usize) -> Result<Vec<OutboxEvent>>;
-    /// Removes rows the broker confirmed, in one statement. Returns how many
-    /// rows were removed.
-    async fn mark_published(&self, seqs: &[i64]) -> Result<u64>;
-    /// Records failed attempts and when to try again.
-    async fn retry_later(&self, failures: &[RetryLater]) -> Result<()>;
-    /// Moves rows to the dead-letter table with their error.
-    async fn dead_letter(&self, rows: &[DeadLetter]) -> Result<()>;
+    /// Up to `limit` pending rows of the slots `owner` holds, in sequence
+    /// order, leaving out rows that are backing off and every later row of
+    /// the same key.
+    async fn claim(&self, owner: RelayId, limit: usize) -> Result<Vec<OutboxEvent>>;
+    /// Removes rows the broker confirmed, in one statement, if `owner` still
+    /// holds their slot at the claimed epoch. Returns how many were removed.
+    async fn mark_published(&self, owner: RelayId, done: &[Fence]) -> Result<u64>;
+    /// Records failed attempts and when to try again (fenced likewise).
+    async fn retry_later(&self, owner: RelayId, failures: &[RetryLater]) -> Result<u64>;
+    /// Moves rows to the dead-letter table with their error (fenced likewise).
+    async fn dead_letter(&self, owner: RelayId, rows: &[DeadLetter]) -> Result<u64>;
+    /// Records that `owner` is alive and extends its leases by `lease`.
+    async fn heartbeat(&self, owner: RelayId, name: &str, lease: Duration) -> Result<()>;
+    /// Divides the slots among live relays: releases slots now assigned to
+    /// others, acquires free or expired slots assigned to `owner`.
+    async fn rebalance(&self, owner: RelayId, lease: Duration) -> Result<Rebalance>;
+    /// Releases every lease of `owner` and forgets it (clean shutdown).
+    async fn leave(&self, owner: RelayId) -> Result<()>;
     /// Counts pending and dead-lettered rows.
     async fn stats(&self) -> Result<OutboxStats>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<()>;
-    /// Tries to become the active relay of this outbox; `None` when another
-    /// relay is active.
-    async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>>;
 }

@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{DeadLetter, Leadership, OutboxEvent, OutboxStats, OutboxStore, RetryLater};
+use super::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, Rebalance, RelayId, RetryLater};
 use crate::config::OutboxConfig;
 use crate::error::Result;
 
@@ -29,15 +29,30 @@ pub(crate) struct PgSql {
     retry_later: String,
     dead_letter: String,
     stats: String,
-    lock_key: String,
+    heartbeat_relay: String,
+    renew_leases: String,
+    live_relays: String,
+    all_slots: String,
+    release: String,
+    acquire: String,
+    owned: String,
+    leave_leases: String,
+    leave_relay: String,
+    forget_dead_relays: String,
 }
 
 impl PgSql {
     pub(crate) fn new(config: &OutboxConfig) -> Self {
         let outbox = config.qualified(config.outbox_table());
         let dlq = config.qualified(config.dead_letter_table());
+        let leases = config.qualified_suffix(config.outbox_table(), "leases");
+        let relays = config.qualified_suffix(config.outbox_table(), "relays");
         let insert_cols = "id, topic, key, event_type, source, content_type, payload, headers, traceparent, \
                            tracestate, occurred_at";
+        // Settling statements only touch rows whose slot the caller still
+        // holds at the epoch it claimed them under ($1 = owner).
+        let fenced =
+            format!("{leases} l WHERE o.seq = f.seq AND l.slot = o.slot AND l.owner = $1 AND l.epoch = f.epoch");
         PgSql {
             insert_one: format!(
                 "INSERT INTO {outbox} ({insert_cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -48,64 +63,63 @@ impl PgSql {
                  $7::bytea[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[])"
             ),
             id_constraint: format!("{}_id_key", config.outbox_table()),
-            // Sequence order; a row backing off holds back every later row of
-            // its key (per-key order), rows of other keys flow on.
+            // Sequence order within the caller's live leases; a row backing
+            // off holds back every later row of its key.
             claim: format!(
-                "SELECT {EVENT_COLUMNS}, attempts FROM {outbox} o \
+                "WITH mine AS (SELECT slot, epoch FROM {leases} WHERE owner = $2 AND expires_at > now()) \
+                 SELECT {EVENT_COLUMNS}, o.attempts, o.slot, mine.epoch FROM {outbox} o JOIN mine ON mine.slot = o.slot \
                  WHERE (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
                    AND NOT EXISTS (SELECT 1 FROM {outbox} b \
                                    WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
                  ORDER BY o.seq LIMIT $1"
             ),
-            mark: format!("DELETE FROM {outbox} WHERE seq = ANY($1::bigint[])"),
+            mark: format!(
+                "DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[]) AS f(seq, epoch), {fenced}"
+            ),
             retry_later: format!(
                 "UPDATE {outbox} AS o SET attempts = o.attempts + 1, last_error = f.error, \
                  next_attempt_at = now() + make_interval(secs => f.delay) \
-                 FROM UNNEST($1::bigint[], $2::text[], $3::float8[]) AS f(seq, error, delay) \
-                 WHERE o.seq = f.seq"
+                 FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::float8[]) AS f(seq, epoch, error, delay), {fenced}"
             ),
             dead_letter: format!(
-                "WITH moved AS (DELETE FROM {outbox} WHERE seq = ANY($1::bigint[]) RETURNING *) \
+                "WITH moved AS (DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[], $4::text[]) \
+                   AS f(seq, epoch, error), {fenced} RETURNING o.*, f.error AS failure) \
                  INSERT INTO {dlq} ({EVENT_COLUMNS}, attempts, error) \
                  SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.source, m.content_type, m.payload, m.headers, \
-                        m.traceparent, m.tracestate, m.occurred_at, m.created_at, m.attempts + 1, f.error \
-                 FROM moved m JOIN UNNEST($1::bigint[], $2::text[]) AS f(seq, error) ON f.seq = m.seq"
+                        m.traceparent, m.tracestate, m.occurred_at, m.created_at, m.attempts + 1, m.failure \
+                 FROM moved m"
             ),
             stats: format!(
                 "SELECT (SELECT count(*) FROM {outbox}), \
                         (SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM {outbox}), \
                         (SELECT count(*) FROM {dlq})"
             ),
-            lock_key: format!("outbox-relay:{}.{}", config.schema(), config.outbox_table()),
-        }
-    }
-}
-
-/// Statements of the consume side.
-#[derive(Debug)]
-pub(crate) struct InboxSql {
-    pub(crate) insert: String,
-    pub(crate) dead_letter: String,
-    pub(crate) cleanup: String,
-}
-
-impl InboxSql {
-    pub(crate) fn new(config: &OutboxConfig) -> Self {
-        let inbox = config.qualified(config.inbox_table());
-        let dlq = config.qualified(config.inbox_dead_letter_table());
-        InboxSql {
-            insert: format!(
-                "INSERT INTO {inbox} (consumer_group, event_id, topic) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            heartbeat_relay: format!(
+                "INSERT INTO {relays} (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"
             ),
-            dead_letter: format!(
-                "INSERT INTO {dlq} (consumer_group, event_id, topic, kafka_partition, kafka_offset, key, payload, \
-                 headers, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            renew_leases: format!(
+                "UPDATE {leases} SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1"
             ),
-            // Batched so a large cleanup never holds long locks.
-            cleanup: format!(
-                "DELETE FROM {inbox} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {inbox} \
-                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))"
+            live_relays: format!(
+                "SELECT id FROM {relays} WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY id"
             ),
+            all_slots: format!("SELECT slot FROM {leases} ORDER BY slot"),
+            release: format!(
+                "UPDATE {leases} SET owner = NULL, expires_at = '-infinity' \
+                 WHERE owner = $1 AND NOT (slot = ANY($2::int[])) RETURNING slot"
+            ),
+            acquire: format!(
+                "WITH free AS (SELECT slot, owner FROM {leases} \
+                     WHERE slot = ANY($2::int[]) AND owner IS DISTINCT FROM $1 \
+                       AND (owner IS NULL OR expires_at <= now()) FOR UPDATE) \
+                 UPDATE {leases} l SET owner = $1, epoch = l.epoch + 1, acquired_at = now(), \
+                     expires_at = now() + make_interval(secs => $3) \
+                 FROM free WHERE l.slot = free.slot RETURNING l.slot, free.owner IS NOT NULL"
+            ),
+            owned: format!("SELECT slot FROM {leases} WHERE owner = $1 AND expires_at > now() ORDER BY slot"),
+            leave_leases: format!("UPDATE {leases} SET owner = NULL, expires_at = '-infinity' WHERE owner = $1"),
+            leave_relay: format!("DELETE FROM {relays} WHERE id = $1"),
+            forget_dead_relays: format!("DELETE FROM {relays} WHERE heartbeat_at < now() - interval '1 day'"),
         }
     }
 }
@@ -125,6 +139,8 @@ struct EventRow {
     tracestate: Option<String>,
     occurred_at: DateTime<Utc>,
     attempts: i32,
+    slot: i32,
+    epoch: i64,
 }
 
 impl From<EventRow> for OutboxEvent {
@@ -143,6 +159,8 @@ impl From<EventRow> for OutboxEvent {
             tracestate: r.tracestate,
             occurred_at: r.occurred_at,
             attempts: r.attempts,
+            slot: r.slot,
+            epoch: r.epoch,
         }
     }
 }
@@ -174,40 +192,94 @@ impl PgStore {
     }
 }
 
+fn fences<'a>(items: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<i64>) {
+    items.map(|f| (f.seq, f.epoch)).unzip()
+}
+
 #[async_trait]
 impl OutboxStore for PgStore {
-    async fn claim(&self, limit: usize) -> Result<Vec<OutboxEvent>> {
+    async fn claim(&self, owner: RelayId, limit: usize) -> Result<Vec<OutboxEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<EventRow> = sqlx::query_as(&self.sql.claim).bind(limit).fetch_all(&self.pool).await?;
+        let rows: Vec<EventRow> = sqlx::query_as(&self.sql.claim).bind(limit).bind(owner).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(OutboxEvent::from).collect())
     }
 
-    async fn mark_published(&self, seqs: &[i64]) -> Result<u64> {
-        if seqs.is_empty() {
+    async fn mark_published(&self, owner: RelayId, done: &[Fence]) -> Result<u64> {
+        if done.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(&self.sql.mark).bind(seqs).execute(&self.pool).await?;
+        let (seqs, epochs) = fences(done.iter());
+        let done = sqlx::query(&self.sql.mark).bind(owner).bind(seqs).bind(epochs).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 
-    async fn retry_later(&self, failures: &[RetryLater]) -> Result<()> {
+    async fn retry_later(&self, owner: RelayId, failures: &[RetryLater]) -> Result<u64> {
         if failures.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+        let (seqs, epochs) = fences(failures.iter().map(|f| &f.fence));
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         let delays: Vec<f64> = failures.iter().map(|f| f.retry_after.as_secs_f64()).collect();
-        sqlx::query(&self.sql.retry_later).bind(seqs).bind(errors).bind(delays).execute(&self.pool).await?;
+        let done = sqlx::query(&self.sql.retry_later)
+            .bind(owner)
+            .bind(seqs)
+            .bind(epochs)
+            .bind(errors)
+            .bind(delays)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn dead_letter(&self, owner: RelayId, rows: &[DeadLetter]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let (seqs, epochs) = fences(rows.iter().map(|r| &r.fence));
+        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+        let done = sqlx::query(&self.sql.dead_letter)
+            .bind(owner)
+            .bind(seqs)
+            .bind(epochs)
+            .bind(errors)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn heartbeat(&self, owner: RelayId, name: &str, lease: Duration) -> Result<()> {
+        sqlx::query(&self.sql.heartbeat_relay).bind(owner).bind(name).execute(&self.pool).await?;
+        sqlx::query(&self.sql.renew_leases).bind(owner).bind(lease.as_secs_f64()).execute(&self.pool).await?;
         Ok(())
     }
 
-    async fn dead_letter(&self, rows: &[DeadLetter]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
-        sqlx::query(&self.sql.dead_letter).bind(seqs).bind(errors).execute(&self.pool).await?;
+    async fn rebalance(&self, owner: RelayId, lease: Duration) -> Result<Rebalance> {
+        let live: Vec<RelayId> =
+            sqlx::query_scalar(&self.sql.live_relays).bind(lease.as_secs_f64()).fetch_all(&self.pool).await?;
+        let slots: Vec<i32> = sqlx::query_scalar(&self.sql.all_slots).fetch_all(&self.pool).await?;
+        let desired = crate::lease::assigned_slots(&slots, &live, owner);
+        let released: Vec<i32> =
+            sqlx::query_scalar(&self.sql.release).bind(owner).bind(&desired).fetch_all(&self.pool).await?;
+        let acquired: Vec<(i32, bool)> = sqlx::query_as(&self.sql.acquire)
+            .bind(owner)
+            .bind(&desired)
+            .bind(lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?;
+        let _ = sqlx::query(&self.sql.forget_dead_relays).execute(&self.pool).await;
+        let owned: Vec<i32> = sqlx::query_scalar(&self.sql.owned).bind(owner).fetch_all(&self.pool).await?;
+        Ok(Rebalance {
+            live_relays: live.len(),
+            owned,
+            taken_over: acquired.iter().filter(|(_, t)| *t).map(|(s, _)| *s).collect(),
+            acquired: acquired.into_iter().map(|(s, _)| s).collect(),
+            released,
+        })
+    }
+
+    async fn leave(&self, owner: RelayId) -> Result<()> {
+        sqlx::query(&self.sql.leave_leases).bind(owner).execute(&self.pool).await?;
+        sqlx::query(&self.sql.leave_relay).bind(owner).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -220,30 +292,5 @@ impl OutboxStore for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>> {
-        let mut conn = self.pool.acquire().await?.detach();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&self.sql.lock_key)
-            .fetch_one(&mut conn)
-            .await?;
-        Ok(locked.then(|| Box::new(PgLeadership { conn }) as Box<dyn Leadership>))
-    }
-}
-
-/// A session-level advisory lock on a dedicated connection: released by
-/// PostgreSQL as soon as that session ends.
-struct PgLeadership {
-    conn: sqlx::PgConnection,
-}
-
-#[async_trait]
-impl Leadership for PgLeadership {
-    async fn still_held(&mut self) -> Result<bool> {
-        // The session lock lives exactly as long as the session: if this
-        // round trip succeeds on the same connection, the lock is still ours.
-        sqlx::query("SELECT 1").execute(&mut self.conn).await?;
-        Ok(true)
     }
 }

@@ -1,0 +1,32 @@
+//! PostgreSQL statements of the consume side (inbox).
+
+use crate::config::OutboxConfig;
+
+/// Statements of the consume side.
+#[derive(Debug)]
+pub(crate) struct InboxSql {
+    pub(crate) insert: String,
+    pub(crate) dead_letter: String,
+    pub(crate) cleanup: String,
+}
+
+impl InboxSql {
+    pub(crate) fn new(config: &OutboxConfig) -> Self {
+        let inbox = config.qualified(config.inbox_table());
+        let dlq = config.qualified(config.inbox_dead_letter_table());
+        InboxSql {
+            insert: format!(
+                "INSERT INTO {inbox} (consumer_group, event_id, topic) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            ),
+            dead_letter: format!(
+                "INSERT INTO {dlq} (consumer_group, event_id, topic, kafka_partition, kafka_offset, key, payload, \
+                 headers, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ),
+            // Batched so a large cleanup never holds long locks.
+            cleanup: format!(
+                "DELETE FROM {inbox} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {inbox} \
+                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))"
+            ),
+        }
+    }
+}
