@@ -27,7 +27,7 @@ async fn permanent_failures_are_dead_lettered_and_others_flow() {
     all.extend(ok.iter().cloned());
     outbox.enqueue_all(&world.pool, &all).await.unwrap();
 
-    let relay = world.relay(&["-X", "message.max.bytes=2000"]);
+    let relay = world.relay(&["-X", "message.max.bytes=2000", "--on-poison", "continue"]);
     world.wait_drained(Duration::from_secs(60)).await;
     let dead = world.dead_letters().await;
     println!("{dead:?}");

@@ -103,6 +103,9 @@ pub enum Error {
         /// Highest version this build knows.
         known: i64,
     },
+    /// No dead-lettered event has these ids; nothing was changed.
+    #[error("no dead-lettered event with id {}; nothing was changed", .0.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", "))]
+    UnknownIds(Vec<Uuid>),
     /// A Kafka client operation failed.
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

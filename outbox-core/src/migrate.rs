@@ -34,15 +34,21 @@ const MIGRATIONS: &[Migration] = &[
         description: "slots and leases",
         sql: include_str!("../../migrations/postgres/0003_slots_and_leases.sql"),
     },
+    Migration {
+        version: 4,
+        description: "quarantine of poisoned keys",
+        sql: include_str!("../../migrations/postgres/0004_quarantine.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
 /// Renders a migration's SQL for `config`'s (checked) identifiers.
 fn render(sql: &str, config: &OutboxConfig) -> String {
     sql.replace("{outbox_name}", config.outbox_table().as_str())
         .replace("{inbox_name}", config.inbox_table().as_str())
+        .replace("{dead_letter_name}", config.dead_letter_table().as_str())
         .replace("{outbox}", &config.qualified(config.outbox_table()))
         .replace("{dead_letter}", &config.qualified(config.dead_letter_table()))
         .replace("{inbox_dead_letter}", &config.qualified(config.inbox_dead_letter_table()))

@@ -42,6 +42,21 @@ pub struct RelayConfig {
     pub rebalance_interval: Duration,
     /// A human-readable name for this relay instance (shown by `status`).
     pub name: String,
+    /// What happens to the later events of a key whose event failed for good.
+    pub poison_policy: PoisonPolicy,
+}
+
+/// What to do with a key after one of its events failed permanently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PoisonPolicy {
+    /// Dead-letter the event and hold back the key's later events until an
+    /// operator retries (in original order) or discards it. Other keys flow
+    /// on. Per-key order is never broken.
+    #[default]
+    QuarantineKey,
+    /// Dead-letter the event and let the key's later events go on. A later
+    /// retry of the dead letter publishes it after them.
+    DeadLetterAndContinue,
 }
 
 impl Default for RelayConfig {
@@ -55,6 +70,7 @@ impl Default for RelayConfig {
             lease_timeout: Duration::from_secs(10),
             rebalance_interval: Duration::from_secs(1),
             name: default_name(),
+            poison_policy: PoisonPolicy::QuarantineKey,
         }
     }
 }
@@ -320,7 +336,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         loop {
             let result = async {
                 let marked = self.store.mark_published(self.id, delivered).await?;
-                let dead_lettered = self.store.dead_letter(self.id, dead).await?;
+                let quarantine = self.config.poison_policy == PoisonPolicy::QuarantineKey;
+                let dead_lettered = self.store.dead_letter(self.id, dead, quarantine).await?;
                 let rescheduled = self.store.retry_later(self.id, retries).await?;
                 Ok::<_, crate::Error>(marked + dead_lettered + rescheduled)
             }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use outbox_core::{KafkaPublisherConfig, OutboxConfig, RelayConfig, TopicCreation};
+use outbox_core::{KafkaPublisherConfig, OutboxConfig, PoisonPolicy, RelayConfig, TopicCreation};
 
 /// Drains a transactional outbox into Kafka.
 ///
@@ -30,6 +30,20 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Create or upgrade the outbox and inbox tables, then exit.
     Migrate,
+    /// Show pending and dead-lettered counts and each relay with its slots.
+    Status(crate::admin::StatusArgs),
+    /// Inspect, retry or discard dead-lettered events.
+    #[command(subcommand)]
+    DeadLetters(crate::admin::DeadLetterCommand),
+}
+
+/// Poison-event policy (see `PoisonPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Poison {
+    /// Dead-letter and hold the key.
+    Quarantine,
+    /// Dead-letter and let the key go on.
+    Continue,
 }
 
 /// Log output format.
@@ -131,6 +145,12 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_RELAY_NAME")]
     pub name: Option<String>,
 
+    /// When an event fails for good (too large, rejected): `quarantine`
+    /// dead-letters it and holds its key's later events until an operator
+    /// acts; `continue` dead-letters it and lets the key's later events go.
+    #[arg(long, env = "OUTBOX_ON_POISON", value_enum, default_value_t = Poison::Quarantine)]
+    pub on_poison: Poison,
+
     /// Create missing topics (otherwise their events are dead-lettered with
     /// an "unknown topic" error).
     #[arg(long, env = "OUTBOX_CREATE_TOPICS")]
@@ -175,6 +195,10 @@ impl RunArgs {
             lease_timeout: self.lease_timeout,
             rebalance_interval: self.rebalance_interval,
             name: self.name.clone().unwrap_or_else(|| RelayConfig::default().name),
+            poison_policy: match self.on_poison {
+                Poison::Quarantine => PoisonPolicy::QuarantineKey,
+                Poison::Continue => PoisonPolicy::DeadLetterAndContinue,
+            },
         }
     }
 

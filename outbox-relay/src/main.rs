@@ -3,6 +3,7 @@
 //! Thin wiring: configuration in [`config`], HTTP endpoints in [`http`], the
 //! relay itself in `outbox-core`.
 
+mod admin;
 mod config;
 mod http;
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use outbox_core::{migrate, KafkaPublisher, OutboxConfig, PgStore, Relay};
+use outbox_core::{migrate, KafkaPublisher, OutboxAdmin, OutboxConfig, PgStore, Relay};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Status(args)) => {
+            let pool = connect(&cli.db).await?;
+            require_migrated(&pool, &outbox).await?;
+            admin::status(&OutboxAdmin::new(pool, &outbox), &args).await
+        }
+        Some(Command::DeadLetters(command)) => {
+            let pool = connect(&cli.db).await?;
+            require_migrated(&pool, &outbox).await?;
+            admin::dead_letters(&OutboxAdmin::new(pool, &outbox), &command).await
+        }
         Some(Command::Run(args)) => relay(&cli.db, outbox, *args).await,
         None => relay(&cli.db, outbox, RunArgs::from_env()).await,
     }
@@ -94,14 +105,7 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     if args.migrate {
         migrate::migrate(&pool, &outbox).await.context("migration failed")?;
     }
-    match migrate::applied_version(&pool, &outbox).await? {
-        Some(v) if v >= migrate::LATEST_VERSION => {}
-        found => anyhow::bail!(
-            "outbox tables in schema {:?} are at version {found:?}, expected {}: run `outbox-relay migrate` or pass --migrate",
-            outbox.schema().as_str(),
-            migrate::LATEST_VERSION
-        ),
-    }
+    require_migrated(&pool, &outbox).await?;
     let metrics = http::install_metrics()?;
     let relay = Relay::new(PgStore::new(pool, &outbox), publisher, relay_config).map_err(config_error)?;
     let shutdown = CancellationToken::new();
@@ -122,6 +126,17 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     };
     http_shutdown.cancel();
     result
+}
+
+async fn require_migrated(pool: &PgPool, outbox: &OutboxConfig) -> anyhow::Result<()> {
+    match migrate::applied_version(pool, outbox).await? {
+        Some(v) if v >= migrate::LATEST_VERSION => Ok(()),
+        found => anyhow::bail!(
+            "outbox tables in schema {:?} are at version {found:?}, expected {}: run `outbox-relay migrate` or pass --migrate",
+            outbox.schema().as_str(),
+            migrate::LATEST_VERSION
+        ),
+    }
 }
 
 async fn wait_server(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {

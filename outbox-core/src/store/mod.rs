@@ -1,6 +1,7 @@
 //! Storage: every SQL statement lives below this module, per backend, behind
 //! the [`OutboxStore`] interface the relay is written against.
 
+mod admin;
 mod inbox_sql;
 mod postgres;
 
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 
+pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
 pub(crate) use postgres::PgSql;
 pub use postgres::PgStore;
@@ -137,7 +139,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Records failed attempts and when to try again (fenced likewise).
     async fn retry_later(&self, owner: RelayId, failures: &[RetryLater]) -> Result<u64>;
     /// Moves rows to the dead-letter table with their error (fenced likewise).
-    async fn dead_letter(&self, owner: RelayId, rows: &[DeadLetter]) -> Result<u64>;
+    /// With `quarantine`, their keys are quarantined: later events of those
+    /// keys wait until an operator retries or discards the dead letter.
+    async fn dead_letter(&self, owner: RelayId, rows: &[DeadLetter], quarantine: bool) -> Result<u64>;
     /// Records that `owner` is alive and extends its leases by `lease`.
     async fn heartbeat(&self, owner: RelayId, name: &str, lease: Duration) -> Result<()>;
     /// Divides the slots among live relays: releases slots now assigned to

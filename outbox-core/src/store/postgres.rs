@@ -71,6 +71,7 @@ impl PgSql {
                  WHERE (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
                    AND NOT EXISTS (SELECT 1 FROM {outbox} b \
                                    WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
+                 AND NOT EXISTS (SELECT 1 FROM {dlq} d WHERE d.quarantined AND d.key = o.key) \
                  ORDER BY o.seq LIMIT $1"
             ),
             mark: format!(
@@ -84,9 +85,10 @@ impl PgSql {
             dead_letter: format!(
                 "WITH moved AS (DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[], $4::text[]) \
                    AS f(seq, epoch, error), {fenced} RETURNING o.*, f.error AS failure) \
-                 INSERT INTO {dlq} ({EVENT_COLUMNS}, attempts, error) \
+                 INSERT INTO {dlq} ({EVENT_COLUMNS}, attempts, error, quarantined) \
                  SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.source, m.content_type, m.payload, m.headers, \
-                        m.traceparent, m.tracestate, m.occurred_at, m.created_at, m.attempts + 1, m.failure \
+                        m.traceparent, m.tracestate, m.occurred_at, m.created_at, m.attempts + 1, m.failure, \
+                        $5 AND m.key IS NOT NULL \
                  FROM moved m"
             ),
             stats: format!(
@@ -231,7 +233,7 @@ impl OutboxStore for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn dead_letter(&self, owner: RelayId, rows: &[DeadLetter]) -> Result<u64> {
+    async fn dead_letter(&self, owner: RelayId, rows: &[DeadLetter], quarantine: bool) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -242,6 +244,7 @@ impl OutboxStore for PgStore {
             .bind(seqs)
             .bind(epochs)
             .bind(errors)
+            .bind(quarantine)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
