@@ -103,9 +103,14 @@ pub enum Error {
         /// Highest version this build knows.
         known: i64,
     },
-    /// No dead-lettered event has these ids; nothing was changed.
-    #[error("no dead-lettered event with id {}; nothing was changed", .0.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", "))]
-    UnknownIds(Vec<Uuid>),
+    /// No event of this kind has these ids; nothing was changed.
+    #[error("no {kind} with id {}; nothing was changed", ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", "))]
+    UnknownIds {
+        /// What was looked for ("dead-lettered event", "retained event").
+        kind: &'static str,
+        /// The ids not found.
+        ids: Vec<Uuid>,
+    },
     /// A Kafka client operation failed.
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

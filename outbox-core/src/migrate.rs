@@ -39,10 +39,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "quarantine of poisoned keys",
         sql: include_str!("../../migrations/postgres/0004_quarantine.sql"),
     },
+    Migration {
+        version: 5,
+        description: "retention of published events",
+        sql: include_str!("../../migrations/postgres/0005_retention.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 4;
+pub const LATEST_VERSION: i64 = 5;
 
 /// Renders a migration's SQL for `config`'s (checked) identifiers.
 fn render(sql: &str, config: &OutboxConfig) -> String {
@@ -54,6 +59,7 @@ fn render(sql: &str, config: &OutboxConfig) -> String {
         .replace("{inbox_dead_letter}", &config.qualified(config.inbox_dead_letter_table()))
         .replace("{inbox}", &config.qualified(config.inbox_table()))
         .replace("{leases}", &config.qualified_suffix(config.outbox_table(), "leases"))
+        .replace("{published}", &config.qualified_suffix(config.outbox_table(), "published"))
         .replace("{relays}", &config.qualified_suffix(config.outbox_table(), "relays"))
         .replace("{slots}", &config.slots().to_string())
         .replace("{schema}", &config.schema().quoted())

@@ -44,6 +44,10 @@ pub struct RelayConfig {
     pub name: String,
     /// What happens to the later events of a key whose event failed for good.
     pub poison_policy: PoisonPolicy,
+    /// How long published events are kept for replay (zero: deleted at once).
+    pub retention: Duration,
+    /// How often retained events past the retention period are purged.
+    pub purge_interval: Duration,
 }
 
 /// What to do with a key after one of its events failed permanently.
@@ -71,6 +75,8 @@ impl Default for RelayConfig {
             rebalance_interval: Duration::from_secs(1),
             name: default_name(),
             poison_policy: PoisonPolicy::QuarantineKey,
+            retention: Duration::ZERO,
+            purge_interval: Duration::from_secs(10),
         }
     }
 }
@@ -195,7 +201,12 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut error_streak = 0u32;
         let mut last_rebalance: Option<Instant> = None;
         let mut owned: Vec<i32> = Vec::new();
+        let mut last_purge = Instant::now();
         while !shutdown.is_cancelled() {
+            if !self.config.retention.is_zero() && last_purge.elapsed() >= self.config.purge_interval {
+                last_purge = Instant::now();
+                self.purge().await;
+            }
             if last_rebalance.is_none_or(|t| t.elapsed() >= self.config.rebalance_interval) {
                 match self.rebalance(&mut owned).await {
                     Ok(()) => last_rebalance = Some(Instant::now()),
@@ -231,6 +242,25 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         metrics::gauge!("outbox_slots_owned").set(0.0);
         Ok(())
+    }
+
+    /// Deletes retained events past the retention period, in batches.
+    async fn purge(&self) {
+        const BATCH: i64 = 5000;
+        loop {
+            match self.store.purge_published(self.config.retention, BATCH).await {
+                Ok(n) => {
+                    metrics::counter!("outbox_purged_total").increment(n);
+                    if n < BATCH as u64 {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging retained events failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Re-divides slots among live relays and records what changed.
@@ -335,7 +365,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut attempt = 0;
         loop {
             let result = async {
-                let marked = self.store.mark_published(self.id, delivered).await?;
+                let marked = self.store.mark_published(self.id, delivered, !self.config.retention.is_zero()).await?;
                 let quarantine = self.config.poison_policy == PoisonPolicy::QuarantineKey;
                 let dead_lettered = self.store.dead_letter(self.id, dead, quarantine).await?;
                 let rescheduled = self.store.retry_later(self.id, retries).await?;

@@ -1,6 +1,7 @@
 //! Operator commands: `status` and `dead-letters …`. Read-only unless the
 //! operator asks for a change; unknown ids change nothing.
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use outbox_core::{OutboxAdmin, Status};
 use uuid::Uuid;
@@ -49,6 +50,35 @@ pub enum DeadLetterCommand {
         #[arg(required = true)]
         ids: Vec<Uuid>,
     },
+}
+
+/// Options of `replay`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "since"])))]
+pub struct ReplayArgs {
+    /// Retained events to publish again, by id.
+    #[arg(long = "id", num_args = 1.., conflicts_with_all = ["since", "until", "topic"])]
+    pub ids: Vec<Uuid>,
+    /// Publish again the retained events written at or after this time
+    /// (RFC 3339, e.g. 2026-11-28T10:00:00Z).
+    #[arg(long)]
+    pub since: Option<DateTime<Utc>>,
+    /// … and before this time (default: now).
+    #[arg(long, requires = "since")]
+    pub until: Option<DateTime<Utc>>,
+    /// Only events of this topic.
+    #[arg(long, requires = "since")]
+    pub topic: Option<String>,
+}
+
+/// Runs `replay`.
+pub async fn replay(admin: &OutboxAdmin, args: &ReplayArgs) -> anyhow::Result<()> {
+    let n = match args.since {
+        Some(since) => admin.replay_range(since, args.until.unwrap_or_else(Utc::now), args.topic.as_deref()).await?,
+        None => admin.replay_ids(&args.ids).await?,
+    };
+    println!("{n} retained event(s) put back in line for publishing");
+    Ok(())
 }
 
 /// Runs `status`.

@@ -32,6 +32,9 @@ pub enum Command {
     Migrate,
     /// Show pending and dead-lettered counts and each relay with its slots.
     Status(crate::admin::StatusArgs),
+    /// Publish retained events again (needs `run --retention`), by id or by
+    /// the time they were written.
+    Replay(crate::admin::ReplayArgs),
     /// Inspect, retry or discard dead-lettered events.
     #[command(subcommand)]
     DeadLetters(crate::admin::DeadLetterCommand),
@@ -151,6 +154,14 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_ON_POISON", value_enum, default_value_t = Poison::Quarantine)]
     pub on_poison: Poison,
 
+    /// Keep published events this long for `replay` (0s: delete at once).
+    #[arg(long, env = "OUTBOX_RETENTION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// How often retained events past --retention are deleted (in batches).
+    #[arg(long, env = "OUTBOX_PURGE_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    pub purge_interval: Duration,
+
     /// Create missing topics (otherwise their events are dead-lettered with
     /// an "unknown topic" error).
     #[arg(long, env = "OUTBOX_CREATE_TOPICS")]
@@ -195,6 +206,8 @@ impl RunArgs {
             lease_timeout: self.lease_timeout,
             rebalance_interval: self.rebalance_interval,
             name: self.name.clone().unwrap_or_else(|| RelayConfig::default().name),
+            retention: self.retention,
+            purge_interval: self.purge_interval,
             poison_policy: match self.on_poison {
                 Poison::Quarantine => PoisonPolicy::QuarantineKey,
                 Poison::Continue => PoisonPolicy::DeadLetterAndContinue,

@@ -23,6 +23,7 @@ pub struct AppState {
     pub store: Arc<PgStore>,
     pub publisher: Arc<KafkaPublisher>,
     pub metrics: PrometheusHandle,
+    pub busy_slots: Arc<std::sync::Mutex<std::collections::HashSet<i32>>>,
 }
 
 /// Installs the Prometheus recorder (once per process).
@@ -80,6 +81,21 @@ async fn metrics_page(State(state): State<AppState>) -> Response {
             metrics::gauge!("outbox_pending_events").set(stats.pending as f64);
             metrics::gauge!("outbox_oldest_pending_age_seconds").set(stats.oldest_pending_age.as_secs_f64());
             metrics::gauge!("outbox_dead_letter_events").set(stats.dead_letters as f64);
+            metrics::gauge!("outbox_quarantined_keys").set(stats.quarantined_keys as f64);
+            for lag in &stats.per_slot {
+                let slot = lag.slot.to_string();
+                metrics::gauge!("outbox_slot_pending_events", "slot" => slot.clone()).set(lag.pending as f64);
+                metrics::gauge!("outbox_slot_oldest_pending_age_seconds", "slot" => slot)
+                    .set(lag.oldest_pending_age.as_secs_f64());
+            }
+            // Slots that drained since the last scrape read zero.
+            let busy: std::collections::HashSet<i32> = stats.per_slot.iter().map(|l| l.slot).collect();
+            let mut last = state.busy_slots.lock().unwrap_or_else(|e| e.into_inner());
+            for slot in last.difference(&busy) {
+                metrics::gauge!("outbox_slot_pending_events", "slot" => slot.to_string()).set(0.0);
+                metrics::gauge!("outbox_slot_oldest_pending_age_seconds", "slot" => slot.to_string()).set(0.0);
+            }
+            *last = busy;
             metrics::gauge!("outbox_database_up").set(1.0);
         }
         _ => metrics::gauge!("outbox_database_up").set(0.0),

@@ -80,6 +80,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             require_migrated(&pool, &outbox).await?;
             admin::dead_letters(&OutboxAdmin::new(pool, &outbox), &command).await
         }
+        Some(Command::Replay(args)) => {
+            let pool = connect(&cli.db).await?;
+            require_migrated(&pool, &outbox).await?;
+            admin::replay(&OutboxAdmin::new(pool, &outbox), &args).await
+        }
         Some(Command::Run(args)) => relay(&cli.db, outbox, *args).await,
         None => relay(&cli.db, outbox, RunArgs::from_env()).await,
     }
@@ -109,7 +114,12 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     let metrics = http::install_metrics()?;
     let relay = Relay::new(PgStore::new(pool, &outbox), publisher, relay_config).map_err(config_error)?;
     let shutdown = CancellationToken::new();
-    let state = http::AppState { store: Arc::clone(relay.store()), publisher: Arc::clone(relay.publisher()), metrics };
+    let state = http::AppState {
+        store: Arc::clone(relay.store()),
+        publisher: Arc::clone(relay.publisher()),
+        metrics,
+        busy_slots: Arc::default(),
+    };
     let http_shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(args.http_addr, state, http_shutdown.clone()));
     tokio::spawn(signal_watch(shutdown.clone()));

@@ -101,7 +101,11 @@ pub struct OutboxAdmin {
     dlq: String,
     leases: String,
     relays: String,
+    published: String,
 }
+
+const DEAD_LETTERED: &str = "dead-lettered event";
+const RETAINED: &str = "retained event";
 
 const DLQ_COLUMNS: &str = "id, seq, topic, key, event_type, attempts, error, quarantined, created_at, \
                            dead_lettered_at, octet_length(payload) AS payload_bytes";
@@ -115,6 +119,7 @@ impl OutboxAdmin {
             dlq: config.qualified(config.dead_letter_table()),
             leases: config.qualified_suffix(config.outbox_table(), "leases"),
             relays: config.qualified_suffix(config.outbox_table(), "relays"),
+            published: config.qualified_suffix(config.outbox_table(), "published"),
         }
     }
 
@@ -163,7 +168,7 @@ impl OutboxAdmin {
     pub async fn dead_letter(&self, id: Uuid) -> Result<DeadLetterEntry> {
         let sql = format!("SELECT {DLQ_COLUMNS}, payload, headers FROM {} WHERE id = $1", self.dlq);
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
-        let row = row.ok_or_else(|| Error::UnknownIds(vec![id]))?;
+        let row = row.ok_or_else(|| Error::UnknownIds { kind: DEAD_LETTERED, ids: vec![id] })?;
         use sqlx::{FromRow, Row};
         let mut entry = DeadLetterEntry::from_row(&row)?;
         let payload: Vec<u8> = row.try_get("payload")?;
@@ -194,28 +199,54 @@ impl OutboxAdmin {
              INSERT INTO {} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved",
             self.dlq, self.outbox
         );
-        self.all_or_nothing(ids, &sql).await
+        self.all_or_nothing(&self.dlq, DEAD_LETTERED, ids, &sql).await
+    }
+
+    /// Publishes retained events again (same ids, so idempotent consumers
+    /// skip what they applied; a new consumer group gets them all), appended
+    /// to the outbox in their original order. All or nothing: if one id is
+    /// not retained, nothing changes.
+    pub async fn replay_ids(&self, ids: &[Uuid]) -> Result<u64> {
+        let sql = self.replay_sql("id = ANY($1)");
+        self.all_or_nothing(&self.published, RETAINED, Some(ids), &sql).await
+    }
+
+    /// Publishes again the retained events written (committed) in
+    /// `[since, until)`, optionally of one topic.
+    pub async fn replay_range(&self, since: DateTime<Utc>, until: DateTime<Utc>, topic: Option<&str>) -> Result<u64> {
+        let sql = self.replay_sql("created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR topic = $3)");
+        let done = sqlx::query(&sql).bind(since).bind(until).bind(topic).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
+    fn replay_sql(&self, filter: &str) -> String {
+        let cols = "id, topic, key, event_type, source, content_type, payload, headers, traceparent, tracestate, \
+                    occurred_at";
+        format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM (SELECT DISTINCT ON (id) * FROM {} WHERE {filter} \
+             ORDER BY id, seq) r ORDER BY seq ON CONFLICT (id) DO NOTHING",
+            self.outbox, self.published
+        )
     }
 
     /// Deletes dead letters for good (releasing their keys' quarantine).
     /// All or nothing: if one id is unknown, nothing changes.
     pub async fn discard(&self, ids: &[Uuid]) -> Result<u64> {
         let sql = format!("DELETE FROM {} WHERE id = ANY($1)", self.dlq);
-        self.all_or_nothing(Some(ids), &sql).await
+        self.all_or_nothing(&self.dlq, DEAD_LETTERED, Some(ids), &sql).await
     }
 
-    async fn all_or_nothing(&self, ids: Option<&[Uuid]>, sql: &str) -> Result<u64> {
+    async fn all_or_nothing(&self, table: &str, kind: &'static str, ids: Option<&[Uuid]>, sql: &str) -> Result<u64> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         if let Some(ids) = ids {
-            let found: Vec<Uuid> =
-                sqlx::query_scalar(&format!("SELECT id FROM {} WHERE id = ANY($1) FOR UPDATE", self.dlq))
-                    .bind(ids)
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let found: Vec<Uuid> = sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE id = ANY($1) FOR UPDATE"))
+                .bind(ids)
+                .fetch_all(&mut *tx)
+                .await?;
             let unknown: Vec<Uuid> = ids.iter().filter(|id| !found.contains(id)).copied().collect();
             if !unknown.is_empty() {
-                return Err(Error::UnknownIds(unknown));
+                return Err(Error::UnknownIds { kind, ids: unknown });
             }
         }
         let mut query = sqlx::query(sql);

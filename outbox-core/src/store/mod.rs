@@ -110,8 +110,19 @@ pub struct DeadLetter {
     pub error: String,
 }
 
-/// What the outbox holds right now.
+/// Pending work of one slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SlotLag {
+    /// The slot.
+    pub slot: i32,
+    /// Rows waiting in it.
+    pub pending: i64,
+    /// Age of its oldest pending row.
+    pub oldest_pending_age: Duration,
+}
+
+/// What the outbox holds right now.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutboxStats {
     /// Rows waiting to be published.
     pub pending: i64,
@@ -119,6 +130,10 @@ pub struct OutboxStats {
     pub oldest_pending_age: Duration,
     /// Rows in the dead-letter table.
     pub dead_letters: i64,
+    /// Keys held back by a quarantined dead letter.
+    pub quarantined_keys: i64,
+    /// Slots with pending rows.
+    pub per_slot: Vec<SlotLag>,
 }
 
 /// The storage interface the relay works against. One implementation per
@@ -134,8 +149,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// the same key.
     async fn claim(&self, owner: RelayId, limit: usize) -> Result<Vec<OutboxEvent>>;
     /// Removes rows the broker confirmed, in one statement, if `owner` still
-    /// holds their slot at the claimed epoch. Returns how many were removed.
-    async fn mark_published(&self, owner: RelayId, done: &[Fence]) -> Result<u64>;
+    /// holds their slot at the claimed epoch; with `retain`, moves them to the
+    /// published table for replay instead. Returns how many were removed.
+    async fn mark_published(&self, owner: RelayId, done: &[Fence], retain: bool) -> Result<u64>;
+    /// Deletes up to `limit` retained published rows older than `older_than`.
+    async fn purge_published(&self, older_than: Duration, limit: i64) -> Result<u64>;
     /// Records failed attempts and when to try again (fenced likewise).
     async fn retry_later(&self, owner: RelayId, failures: &[RetryLater]) -> Result<u64>;
     /// Moves rows to the dead-letter table with their error (fenced likewise).

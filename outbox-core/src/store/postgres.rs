@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, Rebalance, RelayId, RetryLater};
+use super::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, Rebalance, RelayId, RetryLater, SlotLag};
 use crate::config::OutboxConfig;
 use crate::error::Result;
 
@@ -26,6 +26,9 @@ pub(crate) struct PgSql {
     pub(crate) id_constraint: String,
     claim: String,
     mark: String,
+    mark_retain: String,
+    purge_published: String,
+    slot_lag: String,
     retry_later: String,
     dead_letter: String,
     stats: String,
@@ -47,6 +50,7 @@ impl PgSql {
         let dlq = config.qualified(config.dead_letter_table());
         let leases = config.qualified_suffix(config.outbox_table(), "leases");
         let relays = config.qualified_suffix(config.outbox_table(), "relays");
+        let published = config.qualified_suffix(config.outbox_table(), "published");
         let insert_cols = "id, topic, key, event_type, source, content_type, payload, headers, traceparent, \
                            tracestate, occurred_at";
         // Settling statements only touch rows whose slot the caller still
@@ -77,6 +81,21 @@ impl PgSql {
             mark: format!(
                 "DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[]) AS f(seq, epoch), {fenced}"
             ),
+            mark_retain: format!(
+                "WITH done AS (DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[]) AS f(seq, epoch), \
+                   {fenced} RETURNING o.*) \
+                 INSERT INTO {published} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM done \
+                 ON CONFLICT (seq) DO NOTHING"
+            ),
+            // Batched so a large purge never holds long locks.
+            purge_published: format!(
+                "DELETE FROM {published} WHERE seq = ANY(ARRAY(SELECT seq FROM {published} \
+                 WHERE published_at < now() - make_interval(secs => $1) LIMIT $2))"
+            ),
+            slot_lag: format!(
+                "SELECT slot, count(*), extract(epoch FROM now() - min(created_at))::float8 \
+                 FROM {outbox} GROUP BY slot ORDER BY slot"
+            ),
             retry_later: format!(
                 "UPDATE {outbox} AS o SET attempts = o.attempts + 1, last_error = f.error, \
                  next_attempt_at = now() + make_interval(secs => f.delay) \
@@ -94,7 +113,8 @@ impl PgSql {
             stats: format!(
                 "SELECT (SELECT count(*) FROM {outbox}), \
                         (SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM {outbox}), \
-                        (SELECT count(*) FROM {dlq})"
+                        (SELECT count(*) FROM {dlq}), \
+                        (SELECT count(DISTINCT key) FROM {dlq} WHERE quarantined)"
             ),
             heartbeat_relay: format!(
                 "INSERT INTO {relays} (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"
@@ -206,12 +226,13 @@ impl OutboxStore for PgStore {
         Ok(rows.into_iter().map(OutboxEvent::from).collect())
     }
 
-    async fn mark_published(&self, owner: RelayId, done: &[Fence]) -> Result<u64> {
+    async fn mark_published(&self, owner: RelayId, done: &[Fence], retain: bool) -> Result<u64> {
         if done.is_empty() {
             return Ok(0);
         }
         let (seqs, epochs) = fences(done.iter());
-        let done = sqlx::query(&self.sql.mark).bind(owner).bind(seqs).bind(epochs).execute(&self.pool).await?;
+        let sql = if retain { &self.sql.mark_retain } else { &self.sql.mark };
+        let done = sqlx::query(sql).bind(owner).bind(seqs).bind(epochs).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 
@@ -287,9 +308,32 @@ impl OutboxStore for PgStore {
     }
 
     async fn stats(&self) -> Result<OutboxStats> {
-        let (pending, age, dead_letters): (i64, f64, i64) =
+        let (pending, age, dead_letters, quarantined_keys): (i64, f64, i64, i64) =
             sqlx::query_as(&self.sql.stats).fetch_one(&self.pool).await?;
-        Ok(OutboxStats { pending, oldest_pending_age: Duration::from_secs_f64(age.max(0.0)), dead_letters })
+        let per_slot: Vec<(i32, i64, f64)> = sqlx::query_as(&self.sql.slot_lag).fetch_all(&self.pool).await?;
+        Ok(OutboxStats {
+            pending,
+            oldest_pending_age: Duration::from_secs_f64(age.max(0.0)),
+            dead_letters,
+            quarantined_keys,
+            per_slot: per_slot
+                .into_iter()
+                .map(|(slot, pending, age)| SlotLag {
+                    slot,
+                    pending,
+                    oldest_pending_age: Duration::from_secs_f64(age.max(0.0)),
+                })
+                .collect(),
+        })
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        let done = sqlx::query(&self.sql.purge_published)
+            .bind(older_than.as_secs_f64())
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn ping(&self) -> Result<()> {
