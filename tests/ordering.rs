@@ -37,12 +37,13 @@ async fn per_key_order_follows_commit_order() {
 }
 
 /// A transaction takes its sequence number, then stays open for seconds
-/// while later ones commit and are published; when it commits, it is
-/// published too (no "last id seen" watermark skips it).
+/// while later ones commit and are published (by two relays sharing the
+/// slots); when it commits, it is published too (no "last id seen"
+/// watermark skips it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn late_commit_is_not_skipped() {
     let world = World::new(1).await;
-    let relay = world.relay(&[]);
+    let relays = [world.relay(&[]), world.relay(&[])];
     let mut slow = world.pool.begin().await.unwrap();
     let late = Message::json(&world.topic, "test.late", &serde_json::json!({"late": true})).unwrap().with_key("slow");
     world.outbox.enqueue(&mut *slow, &late).await.unwrap();
@@ -65,5 +66,5 @@ async fn late_commit_is_not_skipped() {
     world.wait_drained(Duration::from_secs(30)).await;
     let records = world.read_topic(51);
     assert!(records.iter().any(|r| r.id == late.id()), "late-committing event was skipped");
-    drop(relay);
+    drop(relays);
 }

@@ -67,7 +67,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             batch_size: 1000,
-            poll_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(10),
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
@@ -307,6 +307,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             }
         };
         metrics::histogram!("outbox_batch_publish_duration_seconds").record(started.elapsed().as_secs_f64());
+        let confirmed_at = chrono::Utc::now();
 
         let mut delivered = Vec::new();
         let mut retries = Vec::new();
@@ -320,6 +321,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         tracing::error!(id = %event.id, key = ?event.key, "event confirmed after an earlier event of its key failed");
                     }
                     delivered.push(event.fence());
+                    let waited = (confirmed_at - event.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("outbox_commit_to_confirm_seconds").record(waited.as_secs_f64());
                 }
                 Delivery::Retry(error) => {
                     if let Some(k) = &event.key {

@@ -120,7 +120,7 @@ pub struct RunArgs {
     pub batch_size: u32,
 
     /// Pause between polls when the outbox is empty (e.g. 100ms, 1s).
-    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "100ms", value_parser = parse_positive_duration)]
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "10ms", value_parser = parse_positive_duration)]
     pub poll_interval: Duration,
 
     /// First delay after a failed delivery (doubles per attempt, with jitter).

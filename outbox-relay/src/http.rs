@@ -31,6 +31,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("outbox_batch_publish_duration_seconds".into()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full("outbox_commit_to_confirm_seconds".into()), &buckets)?
         .install_recorder()?;
     metrics::describe_counter!("outbox_events_published_total", "Events confirmed by the broker and marked done");
     metrics::describe_counter!("outbox_delivery_failures_total", "Failed delivery attempts (retried or dead-lettered)");
@@ -39,6 +40,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("outbox_oldest_pending_age_seconds", "Age of the oldest pending event");
     metrics::describe_gauge!("outbox_dead_letter_events", "Events in the dead-letter table");
     metrics::describe_histogram!("outbox_batch_publish_duration_seconds", "Produce-to-confirmation time of a batch");
+    metrics::describe_histogram!(
+        "outbox_commit_to_confirm_seconds",
+        "Time from the writing transaction to the broker's confirmation, per event"
+    );
     Ok(handle)
 }
 

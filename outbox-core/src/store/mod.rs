@@ -46,6 +46,9 @@ pub struct OutboxEvent {
     pub tracestate: Option<String>,
     /// CloudEvents `time`.
     pub occurred_at: DateTime<Utc>,
+    /// When the row was written (the database clock at the start of the
+    /// writing transaction).
+    pub created_at: DateTime<Utc>,
     /// Failed delivery attempts so far.
     pub attempts: i32,
     /// The slot its key maps to.
