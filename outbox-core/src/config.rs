@@ -97,6 +97,7 @@ pub struct OutboxConfig {
     max_payload_bytes: usize,
     source: String,
     slots: u16,
+    notify: bool,
 }
 
 impl Default for OutboxConfig {
@@ -111,6 +112,7 @@ impl Default for OutboxConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             source: "/outbox".to_owned(),
             slots: DEFAULT_SLOTS,
+            notify: false,
         }
     }
 }
@@ -161,6 +163,27 @@ impl OutboxConfig {
         }
         self.slots = slots;
         Ok(self)
+    }
+
+    /// Makes every enqueue statement also send a `NOTIFY` on
+    /// [`wakeup_channel`](Self::wakeup_channel), so that relays run with
+    /// `--wakeup notify` publish at once instead of at their next poll.
+    ///
+    /// Off by default: a `NOTIFY` takes a cluster-wide lock at commit and
+    /// caps the commit rate of all writers (see the README).
+    pub fn with_notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// Whether enqueue sends a wake-up `NOTIFY`.
+    pub fn notify(&self) -> bool {
+        self.notify
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel of this outbox.
+    pub fn wakeup_channel(&self) -> String {
+        format!("outbox_{}_{}", self.schema, self.outbox_table)
     }
 
     /// The number of slots used when the outbox is created.

@@ -51,6 +51,7 @@ pub use inbox::{
 pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
 pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, TopicCreation};
 pub use relay::{BatchReport, PoisonPolicy, Relay, RelayConfig};
+pub use store::listen_for_wakeups;
 pub use store::{
     DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, PgStore, Rebalance, RelayId, RetryLater, SlotLag,
 };

@@ -160,6 +160,7 @@ pub struct BatchReport {
 /// ```
 pub struct Relay<S, P> {
     id: RelayId,
+    waker: Arc<tokio::sync::Notify>,
     store: Arc<S>,
     publisher: Arc<P>,
     config: RelayConfig,
@@ -169,7 +170,19 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// A relay over `store` and `publisher`.
     pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Relay { id: uuid::Uuid::now_v7(), store: Arc::new(store), publisher: Arc::new(publisher), config })
+        Ok(Relay {
+            id: uuid::Uuid::now_v7(),
+            waker: Arc::default(),
+            store: Arc::new(store),
+            publisher: Arc::new(publisher),
+            config,
+        })
+    }
+
+    /// Notifying this ends an idle pause at once (see
+    /// [`listen_for_wakeups`](crate::listen_for_wakeups)).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.waker)
     }
 
     /// This instance's id (a new one per process).
@@ -231,7 +244,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 }
             };
             if let Some(d) = pause_for {
-                pause(&shutdown, d).await;
+                tokio::select! {
+                    _ = pause(&shutdown, d) => {}
+                    _ = self.waker.notified() => {}
+                }
             }
         }
         heartbeats.cancel();

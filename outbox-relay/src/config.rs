@@ -40,6 +40,15 @@ pub enum Command {
     DeadLetters(crate::admin::DeadLetterCommand),
 }
 
+/// Wake-up mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Wakeup {
+    /// Poll every --poll-interval.
+    Poll,
+    /// LISTEN for writers' NOTIFY, poll as the fallback.
+    Notify,
+}
+
 /// Poison-event policy (see `PoisonPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Poison {
@@ -88,6 +97,11 @@ pub struct DbArgs {
     /// How long to wait for a database connection.
     #[arg(long, env = "OUTBOX_DB_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub db_connect_timeout: Duration,
+
+    /// Slots the keys are spread over, used when the outbox is first
+    /// migrated (fixed afterwards). More slots than relays, always.
+    #[arg(long, env = "OUTBOX_SLOTS", default_value_t = outbox_core::DEFAULT_SLOTS, value_parser = clap::value_parser!(u16).range(1..=4096), global = true)]
+    pub slots: u16,
 }
 
 impl DbArgs {
@@ -98,7 +112,8 @@ impl DbArgs {
             .with_outbox_table(&self.outbox_table)?
             .with_dead_letter_table(&self.dead_letter_table)?
             .with_inbox_table(&self.inbox_table)?
-            .with_inbox_dead_letter_table(&self.inbox_dead_letter_table)
+            .with_inbox_dead_letter_table(&self.inbox_dead_letter_table)?
+            .with_slots(self.slots)
     }
 }
 
@@ -153,6 +168,13 @@ pub struct RunArgs {
     /// acts; `continue` dead-letters it and lets the key's later events go.
     #[arg(long, env = "OUTBOX_ON_POISON", value_enum, default_value_t = Poison::Quarantine)]
     pub on_poison: Poison,
+
+    /// How the relay learns of new events: `poll` (every --poll-interval,
+    /// no cost to writers) or `notify` (LISTEN for the NOTIFY sent by
+    /// writers configured with `OutboxConfig::with_notify`, polling as the
+    /// fallback; costs writers commit throughput).
+    #[arg(long, env = "OUTBOX_WAKEUP", value_enum, default_value_t = Wakeup::Poll)]
+    pub wakeup: Wakeup,
 
     /// Keep published events this long for `replay` (0s: delete at once).
     #[arg(long, env = "OUTBOX_RETENTION", default_value = "0s", value_parser = humantime::parse_duration)]

@@ -17,7 +17,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Cli, Command, DbArgs, LogFormat, RunArgs};
+use crate::config::{redact_url, Cli, Command, DbArgs, LogFormat, RunArgs, Wakeup};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -112,8 +112,11 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     }
     require_migrated(&pool, &outbox).await?;
     let metrics = http::install_metrics()?;
-    let relay = Relay::new(PgStore::new(pool, &outbox), publisher, relay_config).map_err(config_error)?;
+    let relay = Relay::new(PgStore::new(pool.clone(), &outbox), publisher, relay_config).map_err(config_error)?;
     let shutdown = CancellationToken::new();
+    if args.wakeup == Wakeup::Notify {
+        tokio::spawn(outbox_core::listen_for_wakeups(pool, &outbox, relay.waker(), shutdown.clone()));
+    }
     let state = http::AppState {
         store: Arc::clone(relay.store()),
         publisher: Arc::clone(relay.publisher()),

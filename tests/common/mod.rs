@@ -158,24 +158,20 @@ impl RelayProcess {
         let log = std::env::temp_dir().join(format!("{}.log", unique("relay")));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(binary("outbox-relay"));
-        cmd.args([
-            "run",
-            "--schema",
-            schema,
-            "--kafka-brokers",
-            brokers,
-            "--poll-interval",
-            "20ms",
-            "--lease-timeout",
-            "3s",
-        ])
-        .args(["--http-addr", &format!("127.0.0.1:{http_port}"), "--retry-min-delay", "50ms"])
-        .args(extra)
-        .env("DATABASE_URL", database_url())
-        .env("RUST_LOG", "info,librdkafka=warn")
-        .env_remove("OUTBOX_FAILPOINT")
-        .stdout(Stdio::null())
-        .stderr(file);
+        // Test defaults, unless the test sets them itself.
+        let mut defaults = vec!["--lease-timeout", "3s", "--retry-min-delay", "50ms"];
+        if !extra.contains(&"--poll-interval") {
+            defaults.extend(["--poll-interval", "20ms"]);
+        }
+        cmd.args(["run", "--schema", schema, "--kafka-brokers", brokers])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(defaults)
+            .args(extra)
+            .env("DATABASE_URL", database_url())
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .env_remove("OUTBOX_FAILPOINT")
+            .stdout(Stdio::null())
+            .stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -57,15 +57,27 @@ impl PgSql {
         // holds at the epoch it claimed them under ($1 = owner).
         let fenced =
             format!("{leases} l WHERE o.seq = f.seq AND l.slot = o.slot AND l.owner = $1 AND l.epoch = f.epoch");
+        // With notify, one wake-up per statement, in the same transaction
+        // (delivered to listeners when, and only if, it commits).
+        let wakeup = |insert: String| {
+            if config.notify() {
+                format!(
+                    "WITH ins AS ({insert} RETURNING 1) SELECT pg_notify('{}', '') FROM (SELECT 1 FROM ins LIMIT 1) n",
+                    config.wakeup_channel()
+                )
+            } else {
+                insert
+            }
+        };
         PgSql {
-            insert_one: format!(
+            insert_one: wakeup(format!(
                 "INSERT INTO {outbox} ({insert_cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ),
-            insert_many: format!(
+            )),
+            insert_many: wakeup(format!(
                 "INSERT INTO {outbox} ({insert_cols}) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                  $7::bytea[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[])"
-            ),
+            )),
             id_constraint: format!("{}_id_key", config.outbox_table()),
             // Sequence order within the caller's live leases; a row backing
             // off holds back every later row of its key.
@@ -341,5 +353,46 @@ impl OutboxStore for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// Wakes `waker` whenever a writer with [`OutboxConfig::with_notify`]
+/// commits new events, until `shutdown`. Reconnects after errors; polling
+/// stays the fallback, so a lost notification only costs one poll interval.
+pub fn listen_for_wakeups(
+    pool: PgPool,
+    config: &OutboxConfig,
+    waker: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let channel = config.wakeup_channel();
+    async move { listen_loop(pool, channel, waker, shutdown).await }
+}
+
+async fn listen_loop(
+    pool: PgPool,
+    channel: String,
+    waker: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            tracing::info!(%channel, "listening for wake-ups");
+            loop {
+                listener.recv().await?;
+                waker.notify_one();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            r = listener => if let Err(e) = r {
+                tracing::warn!(error = %e, "wake-up listener failed; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            },
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
