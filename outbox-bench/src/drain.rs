@@ -1,0 +1,120 @@
+//! S2, S4, S6, S7: draining a backlog. One relay, two relays (with per-key
+//! order verified), the relay's footprint, and the hand-written baseline
+//! users start from (poll one, send one, await, delete one).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::env::{backlog, Env, RelayProcess};
+
+/// Result of draining a backlog with relays.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Drain {
+    pub events: usize,
+    pub relays: usize,
+    pub eps: f64,
+    pub peak_rss_mb: f64,
+    pub cpu_cores: f64,
+    pub order_violations: Option<usize>,
+}
+
+/// Drains `n` events over `keys` keys with `relays` relay processes.
+pub async fn relays(env: &Env, n: usize, keys: usize, relays: usize, verify: bool) -> anyhow::Result<Drain> {
+    let (config, outbox) = env.outbox(&format!("drain{relays}")).await?;
+    let topic = env.topic("drain", 6).await?;
+    backlog(env, &outbox, &topic, n, keys).await?;
+    let start = Instant::now();
+    let procs: Vec<RelayProcess> = (0..relays)
+        .map(|_| RelayProcess::start(env, &config, &["--batch-size", "2000"]))
+        .collect::<anyhow::Result<_>>()?;
+    let mut peak_rss_mb: f64 = 0.0;
+    loop {
+        for p in &procs {
+            peak_rss_mb = peak_rss_mb.max(p.peak_rss_mb());
+        }
+        if env.pending(&config).await? == 0 {
+            break;
+        }
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "backlog not drained in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu: f64 = procs.iter().map(RelayProcess::cpu_seconds).sum();
+    drop(procs);
+    let order_violations = if verify { Some(order_violations(env, &topic, n)?) } else { None };
+    Ok(Drain { events: n, relays, eps: n as f64 / elapsed, peak_rss_mb, cpu_cores: cpu / elapsed, order_violations })
+}
+
+/// Reads the topic back and counts, per key, first occurrences out of
+/// order (the payload's `order_id` grows with commit order per key).
+fn order_violations(env: &Env, topic: &str, n: usize) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("group.id", format!("bench-verify-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut violations = 0;
+    let mut idle = Instant::now();
+    while seen.len() < n && idle.elapsed() < Duration::from_secs(10) {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = message?;
+        idle = Instant::now();
+        let id = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value.map(<[u8]>::to_vec)));
+        if !seen.insert(id) {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+        let order = value["order_id"].as_u64().unwrap_or_default();
+        let key = message.key().unwrap_or_default().to_vec();
+        if let Some(prev) = last.insert(key, order) {
+            if order < prev {
+                violations += 1;
+            }
+        }
+    }
+    anyhow::ensure!(seen.len() >= n, "read back {} of {n} events", seen.len());
+    Ok(violations)
+}
+
+/// S7: poll the oldest row, send it, await the confirmation, delete it.
+pub async fn naive(env: &Env, n: usize, keys: usize) -> anyhow::Result<f64> {
+    let (config, outbox) = env.outbox("naive").await?;
+    let topic = env.topic("naive", 6).await?;
+    backlog(env, &outbox, &topic, n, keys).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+    let table = format!("{}.outbox", config.schema());
+    let start = Instant::now();
+    loop {
+        let row: Option<(i64, String, Option<String>, Vec<u8>)> =
+            sqlx::query_as(&format!("SELECT seq, topic, key, payload FROM {table} ORDER BY seq LIMIT 1"))
+                .fetch_optional(&env.pool)
+                .await?;
+        let Some((seq, topic, key, payload)) = row else { break };
+        let mut record = FutureRecord::to(&topic).payload(&payload);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+        sqlx::query(&format!("DELETE FROM {table} WHERE seq = $1")).bind(seq).execute(&env.pool).await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}

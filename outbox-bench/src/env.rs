@@ -1,0 +1,165 @@
+//! The services and processes a benchmark run works with.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use outbox_core::{Message, Outbox, OutboxConfig};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// Where the services are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub database_url: String,
+    pub brokers: String,
+    pub pool: PgPool,
+}
+
+impl Env {
+    pub async fn connect(database_url: String, brokers: String) -> anyhow::Result<Env> {
+        let pool = PgPoolOptions::new()
+            .max_connections(40)
+            .connect(&database_url)
+            .await
+            .context("connect to PostgreSQL (DATABASE_URL)")?;
+        Ok(Env { database_url, brokers, pool })
+    }
+
+    /// A fresh outbox in its own schema.
+    pub async fn outbox(&self, name: &str) -> anyhow::Result<(OutboxConfig, Outbox)> {
+        let schema = format!("bench_{name}");
+        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&self.pool).await?;
+        let config = OutboxConfig::default().with_schema(&schema)?.with_source("/bench");
+        let outbox = Outbox::new(config.clone());
+        outbox.migrate(&self.pool).await?;
+        Ok((config, outbox))
+    }
+
+    /// A new topic with `partitions` partitions.
+    pub async fn topic(&self, name: &str, partitions: i32) -> anyhow::Result<String> {
+        let topic = format!("bench-{name}-{}", uuid::Uuid::now_v7().simple());
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.brokers).create()?;
+        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&[new], &options).await? {
+            result.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+        }
+        Ok(topic)
+    }
+
+    pub async fn pending(&self, config: &OutboxConfig) -> anyhow::Result<i64> {
+        let sql = format!("SELECT count(*) FROM {}.outbox", config.schema());
+        Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
+    }
+}
+
+/// A 256-byte JSON payload.
+pub fn payload(i: usize) -> serde_json::Value {
+    let base = serde_json::json!({ "order_id": i, "pad": "" }).to_string().len();
+    serde_json::json!({ "order_id": i, "pad": "x".repeat(256usize.saturating_sub(base)) })
+}
+
+/// The key of event `i` among `keys` keys.
+pub fn key(i: usize, keys: usize) -> String {
+    format!("key-{}", i % keys)
+}
+
+/// Enqueues `n` events (256-byte JSON, `keys` keys) in transactions of 1,000.
+pub async fn backlog(env: &Env, outbox: &Outbox, topic: &str, n: usize, keys: usize) -> anyhow::Result<()> {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1000).min(n);
+        let batch: Vec<Message> = (i..end)
+            .map(|j| Message::json(topic, "bench.event", &payload(j)).map(|m| m.with_key(key(j, keys))))
+            .collect::<Result<_, _>>()?;
+        outbox.enqueue_all(&env.pool, &batch).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// A release relay process.
+pub struct RelayProcess {
+    pub child: Child,
+}
+
+impl RelayProcess {
+    pub fn start(env: &Env, config: &OutboxConfig, extra: &[&str]) -> anyhow::Result<RelayProcess> {
+        let exe = std::env::current_exe()?;
+        let relay: PathBuf = exe.with_file_name("outbox-relay");
+        anyhow::ensure!(
+            relay.exists(),
+            "{} missing: build it with `cargo build --release -p outbox-relay`",
+            relay.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(relay)
+            .args(["run", "--schema", config.schema().as_str(), "--kafka-brokers", &env.brokers])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("DATABASE_URL", &env.database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(RelayProcess { child })
+    }
+
+    /// Peak resident memory in MiB (VmHWM).
+    pub fn peak_rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// CPU seconds used so far (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // After the ")" the fields start at "state" (field 3): utime is 14, stime 15.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The p-th percentile (0–100) of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// fdatasync calls per second on a file in the system temp directory.
+pub fn fsync_per_second() -> f64 {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("outbox-bench-fsync-{}", std::process::id()));
+    let Ok(mut file) = std::fs::File::create(&path) else { return 0.0 };
+    let start = std::time::Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_secs(1) {
+        if file.write_all(&[0u8; 512]).and_then(|()| file.sync_data()).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    f64::from(n) / start.elapsed().as_secs_f64()
+}

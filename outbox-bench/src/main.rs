@@ -1,0 +1,191 @@
+//! `outbox-bench`: every scenario of the benchmark in one process run, with
+//! the physical references (raw producer, raw inserts) measured in the same
+//! run, so the ratios hold on a noisy machine. Run it with `./scripts/bench`.
+
+mod drain;
+mod env;
+mod inbox;
+mod latency;
+mod physical;
+mod write_path;
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+/// Benchmarks the outbox against the physical limits of this machine.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-bench", version, about)]
+struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Kafka brokers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// quick (under ~2 minutes) or full sizes.
+    #[arg(long, value_enum, default_value_t = Mode::Quick)]
+    mode: Mode,
+    /// Run only these scenarios (e.g. --only s2 --only s4).
+    #[arg(long, value_enum)]
+    only: Vec<Scenario>,
+    /// Backlog size for S2/S4/S5 (overrides the mode's).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    S0,
+    S1,
+    S2,
+    S3,
+    S4,
+    S5,
+    S6,
+    S7,
+}
+
+struct Sizes {
+    backlog: usize,
+    naive: usize,
+    seconds: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sizes = match args.mode {
+        Mode::Quick => Sizes { backlog: 50_000, naive: 2_000, seconds: Duration::from_secs(8) },
+        Mode::Full => Sizes { backlog: 200_000, naive: 10_000, seconds: Duration::from_secs(30) },
+    };
+    let backlog = args.events.unwrap_or(sizes.backlog);
+    let wants = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
+    let env = env::Env::connect(args.database_url.clone(), args.brokers.clone()).await?;
+    let keys = 10_000;
+    let mut results = serde_json::Map::new();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let fsync = env::fsync_per_second();
+    eprintln!("machine: {cores} cores, {fsync:.0} fdatasync/s; mode {:?}, backlog {backlog}", args.mode);
+
+    let (mut k, mut p) = (None, None);
+    if wants(Scenario::S0) || wants(Scenario::S2) || wants(Scenario::S5) {
+        let v = physical::raw_producer(&env, backlog, keys).await?;
+        rows.push(("S0 K: raw idempotent producer".into(), format!("{v:.0} events/s")));
+        k = Some(v);
+        let v = physical::raw_inserts(&env, sizes.seconds).await?;
+        rows.push(("S0 P: raw single-row insert tx, 16 conns".into(), format!("{v:.0} tx/s")));
+        p = Some(v);
+        results.insert("s0".into(), json!({ "k_eps": k, "p_tps": p }));
+    }
+    let mut write_overhead = None;
+    if wants(Scenario::S1) {
+        let w = write_path::run(&env, sizes.seconds).await?;
+        rows.push((
+            "S1 write path, 16 writers".into(),
+            format!(
+                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 +{:.2} ms, p99 +{:.2} ms",
+                w.plain.tps, w.plain.p50_ms, w.with_outbox.tps, w.with_outbox.p50_ms, w.overhead_pct, w.p50_added_ms, w.p99_added_ms
+            ),
+        ));
+        write_overhead = Some(w);
+        results.insert("s1".into(), serde_json::to_value(w)?);
+    }
+    let mut one = None;
+    if wants(Scenario::S2) || wants(Scenario::S4) || wants(Scenario::S6) {
+        let d = drain::relays(&env, backlog, keys, 1, false).await?;
+        rows.push(("S2 drain, 1 relay".into(), format!("{:.0} events/s ({} events)", d.eps, d.events)));
+        rows.push((
+            "S6 relay footprint".into(),
+            format!(
+                "peak RSS {:.1} MiB, {:.2} cores = {:.2} cores per 10k events/s",
+                d.peak_rss_mb,
+                d.cpu_cores,
+                d.cpu_cores / (d.eps / 10_000.0)
+            ),
+        ));
+        results.insert("s2".into(), serde_json::to_value(d)?);
+        one = Some(d);
+    }
+    let mut two_ratio = None;
+    if wants(Scenario::S4) {
+        let d = drain::relays(&env, backlog, keys, 2, true).await?;
+        let ratio = one.map(|o| d.eps / o.eps);
+        rows.push((
+            "S4 drain, 2 relays".into(),
+            format!(
+                "{:.0} events/s, ratio to 1 relay {:.2}, order violations {}",
+                d.eps,
+                ratio.unwrap_or(0.0),
+                d.order_violations.unwrap_or(0)
+            ),
+        ));
+        results.insert("s4".into(), json!({ "drain": d, "ratio": ratio }));
+        two_ratio = ratio;
+    }
+    let mut lat = None;
+    if wants(Scenario::S3) {
+        let l = latency::steady(&env, 1000.0, sizes.seconds).await?;
+        rows.push((
+            "S3 commit → consumer receipt @ 1,000/s".into(),
+            format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)", l.p50_ms, l.p99_ms, l.max_ms, l.events),
+        ));
+        results.insert("s3".into(), serde_json::to_value(l)?);
+        lat = Some(l);
+    }
+    let mut inbox_eps = None;
+    if wants(Scenario::S5) {
+        let v = inbox::throughput(&env, backlog.min(50_000)).await?;
+        rows.push((
+            "S5 idempotent consumer".into(),
+            format!("{v:.0} messages/s, ratio to P {:.2}", p.map_or(0.0, |p| v / p)),
+        ));
+        results.insert("s5".into(), json!({ "eps": v }));
+        inbox_eps = Some(v);
+    }
+    if wants(Scenario::S7) {
+        let v = drain::naive(&env, sizes.naive, keys).await?;
+        let gain = one.map_or(0.0, |o| o.eps / v);
+        rows.push((
+            "S7 hand-written baseline (send one, await)".into(),
+            format!("{v:.0} events/s; the relay is {gain:.0}× faster"),
+        ));
+        results.insert("s7".into(), json!({ "eps": v, "relay_gain": gain }));
+    }
+
+    println!("| scenario | result |\n|---|---|");
+    println!("| machine | {cores} cores, {fsync:.0} fdatasync/s (temp dir) |");
+    for (name, value) in &rows {
+        println!("| {name} | {value} |");
+    }
+    let f = |v: Option<f64>, prec: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.prec$}"));
+    println!(
+        "bench: drain_eps={} producer_eps={} drain_ratio={} write_overhead_pct={} e2e_p50_ms={} e2e_p99_ms={} two_relay_ratio={} inbox_eps={} inbox_ratio={} relay_rss_mb={}",
+        f(one.map(|d| d.eps), 0),
+        f(k, 0),
+        f(one.zip(k).map(|(d, k)| d.eps / k), 2),
+        f(write_overhead.map(|w| w.overhead_pct), 1),
+        f(lat.map(|l| l.p50_ms), 1),
+        f(lat.map(|l| l.p99_ms), 1),
+        f(two_ratio, 2),
+        f(inbox_eps, 0),
+        f(inbox_eps.zip(p).map(|(i, p)| i / p), 2),
+        f(one.map(|d| d.peak_rss_mb), 1),
+    );
+    if let Some(path) = &args.json {
+        results.insert("machine".into(), json!({ "cores": cores, "fdatasync_per_s": fsync }));
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    Ok(())
+}
