@@ -208,6 +208,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// among themselves (see [`crate::lease`]).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let heartbeats = CancellationToken::new();
+        // Be visible as live before the first rebalance, so it assigns slots.
+        if let Err(e) = self.store.heartbeat(self.id, &self.config.name, self.config.lease_timeout).await {
+            tracing::warn!(error = %e, "first heartbeat failed");
+        }
         let heartbeat =
             tokio::spawn(heartbeat_loop(Arc::clone(&self.store), self.id, self.config.clone(), heartbeats.clone()));
         tracing::info!(relay = %self.id, name = %self.config.name, "relay joined");

@@ -61,7 +61,7 @@ impl OutboxEvent {
     /// The row's fence: its sequence number and the lease epoch it was
     /// claimed under.
     pub fn fence(&self) -> Fence {
-        Fence { seq: self.seq, epoch: self.epoch }
+        Fence { seq: self.seq, slot: self.slot, epoch: self.epoch }
     }
 }
 
@@ -71,6 +71,8 @@ impl OutboxEvent {
 pub struct Fence {
     /// The row.
     pub seq: i64,
+    /// Its slot.
+    pub slot: i32,
     /// The lease epoch.
     pub epoch: i64,
 }

@@ -53,10 +53,14 @@ impl PgSql {
         let published = config.qualified_suffix(config.outbox_table(), "published");
         let insert_cols = "id, topic, key, event_type, source, content_type, payload, headers, traceparent, \
                            tracestate, occurred_at";
-        // Settling statements only touch rows whose slot the caller still
-        // holds at the epoch it claimed them under ($1 = owner).
-        let fenced =
-            format!("{leases} l WHERE o.seq = f.seq AND l.slot = o.slot AND l.owner = $1 AND l.epoch = f.epoch");
+        // Settling statements only touch rows whose slot the caller ($1)
+        // still holds at the epoch it claimed them under ($3 slots, $4
+        // epochs). The valid slots are computed once (an init plan), so the
+        // rows themselves are found by primary key ($2 seqs).
+        let valid = format!(
+            "ANY(ARRAY(SELECT l.slot FROM {leases} l, UNNEST($3::int[], $4::bigint[]) AS g(slot, epoch) \
+             WHERE l.slot = g.slot AND l.epoch = g.epoch AND l.owner = $1))"
+        );
         // With notify, one wake-up per statement, in the same transaction
         // (delivered to listeners when, and only if, it commits).
         let wakeup = |insert: String| {
@@ -81,21 +85,25 @@ impl PgSql {
             id_constraint: format!("{}_id_key", config.outbox_table()),
             // Sequence order within the caller's live leases; a row backing
             // off holds back every later row of its key.
+            // The slot filter is an array parameter, not a join, so that the
+            // planner walks the primary key in sequence order and stops after
+            // `limit` rows instead of reading every pending row and sorting.
             claim: format!(
-                "WITH mine AS (SELECT slot, epoch FROM {leases} WHERE owner = $2 AND expires_at > now()) \
-                 SELECT {EVENT_COLUMNS}, o.attempts, o.slot, mine.epoch FROM {outbox} o JOIN mine ON mine.slot = o.slot \
-                 WHERE (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
-                   AND NOT EXISTS (SELECT 1 FROM {outbox} b \
-                                   WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
-                 AND NOT EXISTS (SELECT 1 FROM {dlq} d WHERE d.quarantined AND d.key = o.key) \
-                 ORDER BY o.seq LIMIT $1"
+                "WITH mine AS MATERIALIZED \
+                   (SELECT slot, epoch FROM {leases} WHERE owner = $2 AND expires_at > now()), \
+                 cand AS (SELECT {EVENT_COLUMNS}, o.attempts, o.slot FROM {outbox} o \
+                   WHERE o.slot = ANY(ARRAY(SELECT slot FROM mine)) \
+                     AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+                     AND NOT EXISTS (SELECT 1 FROM {outbox} b \
+                                     WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
+                     AND NOT EXISTS (SELECT 1 FROM {dlq} d WHERE d.quarantined AND d.key = o.key) \
+                   ORDER BY o.seq LIMIT $1) \
+                 SELECT cand.*, mine.epoch FROM cand JOIN mine ON mine.slot = cand.slot ORDER BY cand.seq"
             ),
-            mark: format!(
-                "DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[]) AS f(seq, epoch), {fenced}"
-            ),
+            mark: format!("DELETE FROM {outbox} o WHERE o.seq = ANY($2::bigint[]) AND o.slot = {valid}"),
             mark_retain: format!(
-                "WITH done AS (DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[]) AS f(seq, epoch), \
-                   {fenced} RETURNING o.*) \
+                "WITH done AS (DELETE FROM {outbox} o WHERE o.seq = ANY($2::bigint[]) AND o.slot = {valid} \
+                   RETURNING o.*) \
                  INSERT INTO {published} ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM done \
                  ON CONFLICT (seq) DO NOTHING"
             ),
@@ -111,15 +119,16 @@ impl PgSql {
             retry_later: format!(
                 "UPDATE {outbox} AS o SET attempts = o.attempts + 1, last_error = f.error, \
                  next_attempt_at = now() + make_interval(secs => f.delay) \
-                 FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::float8[]) AS f(seq, epoch, error, delay), {fenced}"
+                 FROM UNNEST($2::bigint[], $5::text[], $6::float8[]) AS f(seq, error, delay) \
+                 WHERE o.seq = f.seq AND o.slot = {valid}"
             ),
             dead_letter: format!(
-                "WITH moved AS (DELETE FROM {outbox} o USING UNNEST($2::bigint[], $3::bigint[], $4::text[]) \
-                   AS f(seq, epoch, error), {fenced} RETURNING o.*, f.error AS failure) \
+                "WITH moved AS (DELETE FROM {outbox} o USING UNNEST($2::bigint[], $5::text[]) AS f(seq, error) \
+                   WHERE o.seq = f.seq AND o.slot = {valid} RETURNING o.*, f.error AS failure) \
                  INSERT INTO {dlq} ({EVENT_COLUMNS}, attempts, error, quarantined) \
                  SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.source, m.content_type, m.payload, m.headers, \
                         m.traceparent, m.tracestate, m.occurred_at, m.created_at, m.attempts + 1, m.failure, \
-                        $5 AND m.key IS NOT NULL \
+                        $6 AND m.key IS NOT NULL \
                  FROM moved m"
             ),
             stats: format!(
@@ -228,8 +237,16 @@ impl PgStore {
     }
 }
 
-fn fences<'a>(items: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<i64>) {
-    items.map(|f| (f.seq, f.epoch)).unzip()
+/// Row seqs, and the distinct (slot, epoch) leases they were claimed under.
+fn fences<'a>(items: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<i32>, Vec<i64>) {
+    let mut seqs = Vec::new();
+    let mut leases = std::collections::BTreeSet::new();
+    for f in items {
+        seqs.push(f.seq);
+        leases.insert((f.slot, f.epoch));
+    }
+    let (slots, epochs) = leases.into_iter().unzip();
+    (seqs, slots, epochs)
 }
 
 #[async_trait]
@@ -244,9 +261,9 @@ impl OutboxStore for PgStore {
         if done.is_empty() {
             return Ok(0);
         }
-        let (seqs, epochs) = fences(done.iter());
+        let (seqs, slots, epochs) = fences(done.iter());
         let sql = if retain { &self.sql.mark_retain } else { &self.sql.mark };
-        let done = sqlx::query(sql).bind(owner).bind(seqs).bind(epochs).execute(&self.pool).await?;
+        let done = sqlx::query(sql).bind(owner).bind(seqs).bind(slots).bind(epochs).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 
@@ -254,12 +271,13 @@ impl OutboxStore for PgStore {
         if failures.is_empty() {
             return Ok(0);
         }
-        let (seqs, epochs) = fences(failures.iter().map(|f| &f.fence));
+        let (seqs, slots, epochs) = fences(failures.iter().map(|f| &f.fence));
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         let delays: Vec<f64> = failures.iter().map(|f| f.retry_after.as_secs_f64()).collect();
         let done = sqlx::query(&self.sql.retry_later)
             .bind(owner)
             .bind(seqs)
+            .bind(slots)
             .bind(epochs)
             .bind(errors)
             .bind(delays)
@@ -272,11 +290,12 @@ impl OutboxStore for PgStore {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (seqs, epochs) = fences(rows.iter().map(|r| &r.fence));
+        let (seqs, slots, epochs) = fences(rows.iter().map(|r| &r.fence));
         let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
         let done = sqlx::query(&self.sql.dead_letter)
             .bind(owner)
             .bind(seqs)
+            .bind(slots)
             .bind(epochs)
             .bind(errors)
             .bind(quarantine)
