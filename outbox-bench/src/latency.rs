@@ -13,8 +13,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use crate::env::{key, payload, percentile, Env, RelayProcess};
 
 /// Result of S3 at one rate.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Latency {
+    #[serde(skip)]
+    pub sorted_ms: Vec<f64>,
     pub rate: f64,
     pub events: usize,
     pub p50_ms: f64,
@@ -74,6 +76,7 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<
         p50_ms: percentile(&ms, 50.0),
         p99_ms: percentile(&ms, 99.0),
         max_ms: ms.last().copied().unwrap_or_default(),
+        sorted_ms: ms,
     })
 }
 

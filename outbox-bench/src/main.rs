@@ -7,6 +7,7 @@ mod env;
 mod inbox;
 mod latency;
 mod physical;
+mod plot;
 mod write_path;
 
 use std::time::Duration;
@@ -36,6 +37,9 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Write S3's latency distribution as an SVG plot to this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,7 +145,12 @@ async fn main() -> anyhow::Result<()> {
             "S3 commit → consumer receipt @ 1,000/s".into(),
             format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)", l.p50_ms, l.p99_ms, l.max_ms, l.events),
         ));
-        results.insert("s3".into(), serde_json::to_value(l)?);
+        results.insert("s3".into(), serde_json::to_value(&l)?);
+        if let Some(path) = &args.plot {
+            let title =
+                format!("End-to-end latency at {:.0} events/s: p50 {:.1} ms, p99 {:.1} ms", l.rate, l.p50_ms, l.p99_ms);
+            std::fs::write(path, plot::latency_cdf_svg(&l.sorted_ms, &title))?;
+        }
         lat = Some(l);
     }
     let mut inbox_eps = None;
@@ -176,8 +185,8 @@ async fn main() -> anyhow::Result<()> {
         f(k, 0),
         f(one.zip(k).map(|(d, k)| d.eps / k), 2),
         f(write_overhead.map(|w| w.overhead_pct), 1),
-        f(lat.map(|l| l.p50_ms), 1),
-        f(lat.map(|l| l.p99_ms), 1),
+        f(lat.as_ref().map(|l| l.p50_ms), 1),
+        f(lat.as_ref().map(|l| l.p99_ms), 1),
         f(two_ratio, 2),
         f(inbox_eps, 0),
         f(inbox_eps.zip(p).map(|(i, p)| i / p), 2),
