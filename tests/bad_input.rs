@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::*;
 use outbox::{Error, Message, OutboxConfig, ValidationError};
 
@@ -68,9 +66,7 @@ fn invalid_table_names_are_rejected() {
     }
 }
 
-fn relay(args: &[&str], database_url: &str) -> Output {
-    Command::new(binary("outbox-relay")).args(args).env("DATABASE_URL", database_url).output().unwrap()
-}
+use common::relay_command as relay;
 
 async fn schema_exists(world: &World, schema: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")

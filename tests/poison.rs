@@ -9,21 +9,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 use outbox::{Message, Outbox};
 use uuid::Uuid;
 
-fn admin(world: &World, args: &[&str]) -> Output {
-    Command::new(binary("outbox-relay"))
-        .args(["--schema", &world.schema])
-        .args(args)
-        .env("DATABASE_URL", database_url())
-        .output()
-        .unwrap()
-}
+use common::relay_command_on as admin;
 
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

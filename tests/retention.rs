@@ -6,20 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
 use outbox::Message;
 
-fn relay_cmd(world: &World, args: &[&str]) -> Output {
-    Command::new(binary("outbox-relay"))
-        .args(["--schema", &world.schema])
-        .args(args)
-        .env("DATABASE_URL", database_url())
-        .output()
-        .unwrap()
-}
+use common::relay_command_on as relay_cmd;
 
 async fn retained(world: &World) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}\".outbox_published", world.schema))

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 use crate::env::{backlog, Env, RelayProcess};
 
@@ -53,17 +52,7 @@ pub async fn relays(env: &Env, n: usize, keys: usize, relays: usize, verify: boo
 /// Reads the topic back and counts, per key, first occurrences out of
 /// order (the payload's `order_id` grows with commit order per key).
 fn order_violations(env: &Env, topic: &str, n: usize) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("group.id", format!("bench-verify-{}", uuid::Uuid::now_v7()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = crate::env::reader(&env.brokers, topic, &[])?;
     let mut seen = std::collections::HashSet::new();
     let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut violations = 0;

@@ -8,7 +8,8 @@ use anyhow::Context;
 use outbox_core::{Message, Outbox, OutboxConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -162,4 +163,25 @@ pub fn fsync_per_second() -> f64 {
     }
     let _ = std::fs::remove_file(&path);
     f64::from(n) / start.elapsed().as_secs_f64()
+}
+
+/// A consumer outside any group's offsets, assigned every partition of
+/// `topic` from the beginning (for reading a run's results back).
+pub fn reader(brokers: &str, topic: &str, settings: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-reader-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
 }

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox_core::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::env::{key, payload, percentile, Env, RelayProcess};
 
@@ -81,18 +79,7 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<
 }
 
 fn read(brokers: &str, topic: &str, received: &Mutex<HashMap<String, Instant>>, until: Duration) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-latency-{}", uuid::Uuid::now_v7()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = crate::env::reader(brokers, topic, &[("fetch.wait.max.ms", "5")])?;
     let start = Instant::now();
     while start.elapsed() < until {
         if let Some(m) = consumer.poll(Duration::from_millis(50)) {

@@ -531,3 +531,16 @@ pub async fn effects(world: &World) -> (i64, i64) {
         .await
         .unwrap()
 }
+
+/// Runs an `outbox-relay` command (migrate, status, dead-letters, replay…)
+/// to completion against `database_url`.
+pub fn relay_command(args: &[&str], database_url: &str) -> std::process::Output {
+    Command::new(binary("outbox-relay")).args(args).env("DATABASE_URL", database_url).output().unwrap()
+}
+
+/// Runs an `outbox-relay` command on `world`'s schema.
+pub fn relay_command_on(world: &World, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--schema", world.schema.as_str()];
+    all.extend_from_slice(args);
+    relay_command(&all, &database_url())
+}

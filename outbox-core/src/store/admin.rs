@@ -3,7 +3,6 @@
 //! and an action naming an unknown id changes nothing at all.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -256,11 +255,5 @@ impl OutboxAdmin {
         let done = query.execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(done)
-    }
-
-    /// Time since the given lease timeout: helper for callers that want to
-    /// flag relays with stale heartbeats.
-    pub fn is_stale(relay: &RelayStatus, lease_timeout: Duration) -> bool {
-        relay.heartbeat_age_seconds > lease_timeout.as_secs_f64()
     }
 }
