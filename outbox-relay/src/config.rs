@@ -134,6 +134,11 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
+    /// Batches in flight at once: while the broker confirms one, the next
+    /// ones are claimed and sent (1: one batch at a time).
+    #[arg(long, env = "OUTBOX_PIPELINE_DEPTH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub pipeline_depth: u32,
+
     /// Pause between polls when the outbox is empty (e.g. 100ms, 1s).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "10ms", value_parser = parse_positive_duration)]
     pub poll_interval: Duration,
@@ -222,6 +227,7 @@ impl RunArgs {
         RelayConfig {
             batch_size: self.batch_size as usize,
             poll_interval: self.poll_interval,
+            pipeline_depth: self.pipeline_depth as usize,
             retry_min_delay: self.retry_min_delay,
             retry_max_delay: self.retry_max_delay,
             shutdown_grace: self.shutdown_grace,

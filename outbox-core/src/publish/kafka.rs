@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Delivery, Publisher};
+use super::{Delivery, Publisher, Sending};
 use crate::error::{Error, Result};
 use crate::store::OutboxEvent;
 
@@ -306,15 +306,18 @@ fn headers(event: &OutboxEvent) -> OwnedHeaders {
 
 #[async_trait]
 impl Publisher for KafkaPublisher {
-    async fn publish(&self, events: &[OutboxEvent]) -> Vec<Delivery> {
+    async fn send(&self, events: &[OutboxEvent], hold: &HashSet<String>) -> Sending {
+        // A producer that hit a fatal error failed everything it held; start
+        // this batch on a fresh one.
+        self.reset_if_fatal();
         let verdicts = self.check_topics(events.iter().map(|e| e.topic.as_str()).collect()).await;
         let producer = self.producer();
-        let mut outcomes: Vec<Option<Delivery>> = vec![None; events.len()];
+        let mut known: Vec<Option<Delivery>> = vec![None; events.len()];
         let mut pending = Vec::with_capacity(events.len());
         let mut held: HashSet<&str> = HashSet::new();
         for (i, event) in events.iter().enumerate() {
-            if event.key.as_deref().is_some_and(|k| held.contains(k)) {
-                outcomes[i] = Some(Delivery::Held);
+            if event.key.as_deref().is_some_and(|k| held.contains(k) || hold.contains(k)) {
+                known[i] = Some(Delivery::Held);
                 continue;
             }
             let failed = if let Some(verdict) = verdicts.get(&event.topic) {
@@ -336,19 +339,24 @@ impl Publisher for KafkaPublisher {
                 if let Some(key) = &event.key {
                     held.insert(key);
                 }
-                outcomes[i] = Some(failure);
+                known[i] = Some(failure);
             }
         }
-        let (indexes, futures): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        for (i, result) in indexes.into_iter().zip(join_all(futures).await) {
-            outcomes[i] = Some(match result {
-                Ok(Ok(_)) => Delivery::Delivered,
-                Ok(Err((e, _))) => classify(&e),
-                Err(_) => Delivery::Retry("producer was closed before confirming".into()),
-            });
-        }
-        self.reset_if_fatal();
-        outcomes.into_iter().map(|o| o.unwrap_or(Delivery::Held)).collect()
+        Sending::new(known, async move {
+            let (indexes, futures): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+            indexes
+                .into_iter()
+                .zip(join_all(futures).await)
+                .map(|(i, result)| {
+                    let delivery = match result {
+                        Ok(Ok(_)) => Delivery::Delivered,
+                        Ok(Err((e, _))) => classify(&e),
+                        Err(_) => Delivery::Retry("producer was closed before confirming".into()),
+                    };
+                    (i, delivery)
+                })
+                .collect()
+        })
     }
 
     async fn ping(&self) -> Result<()> {

@@ -6,6 +6,7 @@ use crate::config::OutboxConfig;
 #[derive(Debug)]
 pub(crate) struct InboxSql {
     pub(crate) insert: String,
+    pub(crate) insert_many: String,
     pub(crate) dead_letter: String,
     pub(crate) cleanup: String,
 }
@@ -17,6 +18,14 @@ impl InboxSql {
         InboxSql {
             insert: format!(
                 "INSERT INTO {inbox} (consumer_group, event_id, topic) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            ),
+            // Ids in a fixed order, so two consumers inserting overlapping
+            // batches (during a rebalance) wait on each other instead of
+            // deadlocking; duplicates within the batch are skipped.
+            insert_many: format!(
+                "INSERT INTO {inbox} (consumer_group, event_id, topic) \
+                 SELECT $1, e.id, e.topic FROM UNNEST($2::uuid[], $3::text[]) AS e(id, topic) ORDER BY e.id \
+                 ON CONFLICT DO NOTHING RETURNING event_id"
             ),
             dead_letter: format!(
                 "INSERT INTO {dlq} (consumer_group, event_id, topic, kafka_partition, kafka_offset, key, payload, \

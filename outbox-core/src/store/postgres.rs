@@ -88,12 +88,14 @@ impl PgSql {
             // The slot filter is an array parameter, not a join, so that the
             // planner walks the primary key in sequence order and stops after
             // `limit` rows instead of reading every pending row and sorting.
+            // Rows still in flight ($3) are skipped through a hashed subplan.
             claim: format!(
                 "WITH mine AS MATERIALIZED \
                    (SELECT slot, epoch FROM {leases} WHERE owner = $2 AND expires_at > now()), \
                  cand AS (SELECT {EVENT_COLUMNS}, o.attempts, o.slot FROM {outbox} o \
                    WHERE o.slot = ANY(ARRAY(SELECT slot FROM mine)) \
                      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+                     AND o.seq NOT IN (SELECT unnest($3::bigint[])) \
                      AND NOT EXISTS (SELECT 1 FROM {outbox} b \
                                      WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
                      AND NOT EXISTS (SELECT 1 FROM {dlq} d WHERE d.quarantined AND d.key = o.key) \
@@ -251,9 +253,10 @@ fn fences<'a>(items: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<i32>, Ve
 
 #[async_trait]
 impl OutboxStore for PgStore {
-    async fn claim(&self, owner: RelayId, limit: usize) -> Result<Vec<OutboxEvent>> {
+    async fn claim(&self, owner: RelayId, limit: usize, in_flight: &[i64]) -> Result<Vec<OutboxEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<EventRow> = sqlx::query_as(&self.sql.claim).bind(limit).bind(owner).fetch_all(&self.pool).await?;
+        let rows: Vec<EventRow> =
+            sqlx::query_as(&self.sql.claim).bind(limit).bind(owner).bind(in_flight).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(OutboxEvent::from).collect())
     }
 

@@ -1,136 +1,21 @@
-//! The relay loop: claim → produce → await confirmation → mark, with retries.
+//! The relay loop: claim → send → await confirmation → mark, with retries,
+//! several batches in flight at once.
+
+mod config;
+mod pipeline;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::publish::{Delivery, Publisher};
-use crate::store::{DeadLetter, Fence, OutboxStore, RelayId, RetryLater};
+use crate::store::{DeadLetter, Fence, OutboxEvent, OutboxStore, RelayId, RetryLater};
 
-/// How the relay paces itself.
-///
-/// ```
-/// use std::time::Duration;
-/// use outbox_core::RelayConfig;
-/// let config = RelayConfig { batch_size: 1000, poll_interval: Duration::from_millis(50), ..Default::default() };
-/// assert!(config.validate().is_ok());
-/// assert!(RelayConfig { batch_size: 0, ..Default::default() }.validate().is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct RelayConfig {
-    /// Most rows claimed and published per batch.
-    pub batch_size: usize,
-    /// Pause after finding no work.
-    pub poll_interval: Duration,
-    /// First delay after a failed delivery; doubles per attempt, with jitter.
-    pub retry_min_delay: Duration,
-    /// Longest delay between delivery attempts.
-    pub retry_max_delay: Duration,
-    /// How long shutdown waits for in-flight confirmations before leaving
-    /// them pending (they are published again by the next relay: duplicates,
-    /// never losses).
-    pub shutdown_grace: Duration,
-    /// How long a slot lease lasts without a heartbeat: a relay that stops
-    /// (killed, paused) loses its slots this long after its last heartbeat.
-    /// Heartbeats are sent every third of it.
-    pub lease_timeout: Duration,
-    /// How often the relay re-divides slots when relays join or leave.
-    pub rebalance_interval: Duration,
-    /// A human-readable name for this relay instance (shown by `status`).
-    pub name: String,
-    /// What happens to the later events of a key whose event failed for good.
-    pub poison_policy: PoisonPolicy,
-    /// How long published events are kept for replay (zero: deleted at once).
-    pub retention: Duration,
-    /// How often retained events past the retention period are purged.
-    pub purge_interval: Duration,
-}
-
-/// What to do with a key after one of its events failed permanently.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PoisonPolicy {
-    /// Dead-letter the event and hold back the key's later events until an
-    /// operator retries (in original order) or discards it. Other keys flow
-    /// on. Per-key order is never broken.
-    #[default]
-    QuarantineKey,
-    /// Dead-letter the event and let the key's later events go on. A later
-    /// retry of the dead letter publishes it after them.
-    DeadLetterAndContinue,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        RelayConfig {
-            batch_size: 1000,
-            poll_interval: Duration::from_millis(10),
-            retry_min_delay: Duration::from_millis(200),
-            retry_max_delay: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(30),
-            lease_timeout: Duration::from_secs(10),
-            rebalance_interval: Duration::from_secs(1),
-            name: default_name(),
-            poison_policy: PoisonPolicy::QuarantineKey,
-            retention: Duration::ZERO,
-            purge_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RelayConfig {
-    /// Rejects values that cannot work.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(crate::Error::Config(m.to_owned()));
-        if self.batch_size == 0 || self.batch_size > 100_000 {
-            return bad("batch size must be between 1 and 100000");
-        }
-        if self.poll_interval.is_zero() {
-            return bad("poll interval must be above zero");
-        }
-        if self.retry_min_delay.is_zero() || self.retry_min_delay > self.retry_max_delay {
-            return bad("retry delays must satisfy 0 < min <= max");
-        }
-        if self.lease_timeout < Duration::from_millis(300) {
-            return bad("lease timeout must be at least 300ms");
-        }
-        if self.rebalance_interval.is_zero() {
-            return bad("rebalance interval must be above zero");
-        }
-        Ok(())
-    }
-
-    /// Delay before attempt number `attempts + 1`, exponential with jitter.
-    fn retry_delay(&self, attempts: i32) -> Duration {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.retry_min_delay)
-            .with_max_delay(self.retry_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        delays.nth(usize::try_from(attempts.max(0)).unwrap_or(0).min(64)).unwrap_or(self.retry_max_delay)
-    }
-}
-
-async fn pause(shutdown: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => {}
-        _ = shutdown.cancelled() => {}
-    }
-}
-
-/// `host:pid`, the default relay name.
-fn default_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "relay".to_owned());
-    format!("{host}:{}", std::process::id())
-}
+pub use config::{PoisonPolicy, RelayConfig};
+use pipeline::{InFlight, Pipeline};
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -200,9 +85,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         &self.publisher
     }
 
-    /// Runs until `shutdown` is cancelled, then finishes the batch in flight
-    /// (within [`RelayConfig::shutdown_grace`]), releases its slots and
-    /// returns.
+    /// Runs until `shutdown` is cancelled, then finishes the batches in
+    /// flight (within [`RelayConfig::shutdown_grace`]), releases its slots
+    /// and returns.
     ///
     /// Any number of relays may run on one outbox: they divide the slots
     /// among themselves (see [`crate::lease`]).
@@ -215,45 +100,77 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let heartbeat =
             tokio::spawn(heartbeat_loop(Arc::clone(&self.store), self.id, self.config.clone(), heartbeats.clone()));
         tracing::info!(relay = %self.id, name = %self.config.name, "relay joined");
+        let mut pipeline = Pipeline::default();
         let mut error_streak = 0u32;
         let mut last_rebalance: Option<Instant> = None;
         let mut owned: Vec<i32> = Vec::new();
         let mut last_purge = Instant::now();
+        let mut next_claim = Instant::now();
         while !shutdown.is_cancelled() {
             if !self.config.retention.is_zero() && last_purge.elapsed() >= self.config.purge_interval {
                 last_purge = Instant::now();
                 self.purge().await;
             }
             if last_rebalance.is_none_or(|t| t.elapsed() >= self.config.rebalance_interval) {
+                // Slots change hands only with nothing in flight.
+                if !self.settle_all(&mut pipeline, &shutdown).await {
+                    break;
+                }
                 match self.rebalance(&mut owned).await {
                     Ok(()) => last_rebalance = Some(Instant::now()),
                     Err(e) => tracing::warn!(error = %e, "rebalance failed"),
                 }
             }
-            let pause_for = if owned.is_empty() {
-                Some(self.config.rebalance_interval.min(self.config.poll_interval * 10))
-            } else {
-                match self.run_once(&shutdown).await {
-                    Ok(report) => {
+            if owned.is_empty() {
+                let idle = self.config.rebalance_interval.min(self.config.poll_interval * 10);
+                tokio::select! {
+                    _ = pause(&shutdown, idle) => {}
+                    _ = self.waker.notified() => {}
+                }
+                continue;
+            }
+            // Settle every batch already confirmed, oldest first.
+            while let Some((batch, outcomes)) = pipeline.ready() {
+                if self.finish(&mut pipeline, batch, outcomes, &shutdown).await.is_err() {
+                    break;
+                }
+            }
+            let room = pipeline.len() < self.config.pipeline_depth;
+            if room && Instant::now() >= next_claim {
+                match self.store.claim(self.id, self.config.batch_size, &pipeline.seqs()).await {
+                    Ok(events) => {
                         error_streak = 0;
-                        (report.claimed < self.config.batch_size && report.published == 0)
-                            .then_some(self.config.poll_interval)
+                        if events.len() < self.config.batch_size {
+                            next_claim = Instant::now() + self.config.poll_interval;
+                        }
+                        if !events.is_empty() {
+                            self.send(&mut pipeline, events).await;
+                        }
+                        continue;
                     }
                     Err(e) => {
                         error_streak += 1;
                         let delay = self.config.retry_delay(i32::try_from(error_streak).unwrap_or(i32::MAX));
-                        tracing::warn!(error = %e, retry_in = ?delay, "relay batch failed");
-                        Some(delay.min(Duration::from_secs(5)))
+                        let delay = delay.min(Duration::from_secs(5));
+                        tracing::warn!(error = %e, retry_in = ?delay, "claiming events failed");
+                        next_claim = Instant::now() + delay;
                     }
                 }
-            };
-            if let Some(d) = pause_for {
-                tokio::select! {
-                    _ = pause(&shutdown, d) => {}
-                    _ = self.waker.notified() => {}
+            }
+            // Wait for the oldest batch's confirmations, the next claim, or a
+            // wake-up from a writer.
+            tokio::select! {
+                (batch, outcomes) = pipeline.next_confirmed() => {
+                    if self.finish(&mut pipeline, batch, outcomes, &shutdown).await.is_err() {
+                        break;
+                    }
                 }
+                _ = tokio::time::sleep_until(next_claim.into()), if room => {}
+                _ = self.waker.notified() => next_claim = Instant::now(),
+                _ = shutdown.cancelled() => {}
             }
         }
+        self.shut_down(&mut pipeline).await;
         heartbeats.cancel();
         let _ = heartbeat.await;
         match self.store.leave(self.id).await {
@@ -262,6 +179,53 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         metrics::gauge!("outbox_slots_owned").set(0.0);
         Ok(())
+    }
+
+    /// Hands a claimed batch to the publisher and puts it in flight.
+    async fn send(&self, pipeline: &mut Pipeline, events: Vec<OutboxEvent>) {
+        let holds = pipeline.holds();
+        let sent_at = Instant::now();
+        let sending = self.publisher.send(&events, &holds).await;
+        pipeline.push(events, sending, sent_at);
+        metrics::gauge!("outbox_batches_in_flight").set(pipeline.len() as f64);
+    }
+
+    /// Waits for every batch in flight and settles it; `false` if shutdown
+    /// came first (what is left is settled by [`Self::shut_down`]).
+    async fn settle_all(&self, pipeline: &mut Pipeline, shutdown: &CancellationToken) -> bool {
+        while !pipeline.is_empty() {
+            tokio::select! {
+                (batch, outcomes) = pipeline.next_confirmed() => {
+                    if self.finish(pipeline, batch, outcomes, shutdown).await.is_err() {
+                        return false;
+                    }
+                }
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+        true
+    }
+
+    /// On shutdown: waits up to the grace period for the batches in flight
+    /// and records what was confirmed; the rest stays pending.
+    async fn shut_down(&self, pipeline: &mut Pipeline) {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        // Already cancelled: each batch gets one attempt at being recorded.
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        while !pipeline.is_empty() {
+            tokio::select! {
+                (batch, outcomes) = pipeline.next_confirmed() => {
+                    // A failure to record costs duplicates, never losses.
+                    let _ = self.finish(pipeline, batch, outcomes, &stopped).await;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let left: usize = pipeline.seqs().len();
+                    tracing::warn!(in_flight = left, "shutdown grace expired: unconfirmed events stay pending");
+                    return;
+                }
+            }
+        }
     }
 
     /// Deletes retained events past the retention period, in batches.
@@ -310,25 +274,37 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    /// Claims, publishes and settles one batch.
+    /// Claims, publishes and settles one batch, with nothing else in flight.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
-        let events = self.store.claim(self.id, self.config.batch_size).await?;
-        let mut report = BatchReport { claimed: events.len(), ..Default::default() };
+        let events = self.store.claim(self.id, self.config.batch_size, &[]).await?;
         if events.is_empty() {
-            return Ok(report);
+            return Ok(BatchReport::default());
         }
-        let started = Instant::now();
+        let mut pipeline = Pipeline::default();
+        self.send(&mut pipeline, events).await;
         let grace = self.config.shutdown_grace;
-        let outcomes = tokio::select! {
-            outcomes = self.publisher.publish(&events) => outcomes,
+        tokio::select! {
+            (batch, outcomes) = pipeline.next_confirmed() => self.finish(&mut pipeline, batch, outcomes, shutdown).await,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(in_flight = events.len(), "shutdown grace expired: unconfirmed events stay pending");
-                return Ok(report);
+                tracing::warn!("shutdown grace expired: unconfirmed events stay pending");
+                Ok(BatchReport::default())
             }
-        };
-        metrics::histogram!("outbox_batch_publish_duration_seconds").record(started.elapsed().as_secs_f64());
-        let confirmed_at = chrono::Utc::now();
+        }
+    }
 
+    /// Sorts a confirmed batch's outcomes, records them, and lifts the
+    /// batch's holds on later batches.
+    async fn finish(
+        &self,
+        pipeline: &mut Pipeline,
+        batch: InFlight,
+        outcomes: Vec<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchReport> {
+        metrics::histogram!("outbox_batch_publish_duration_seconds").record(batch.sent_at.elapsed().as_secs_f64());
+        let confirmed_at = chrono::Utc::now();
+        let events = &batch.events;
+        let mut report = BatchReport { claimed: events.len(), ..Default::default() };
         let mut delivered = Vec::new();
         let mut retries = Vec::new();
         let mut dead = Vec::new();
@@ -367,7 +343,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         report.dead_lettered = dead.len();
 
         crate::failpoint::hit("relay-after-publish");
-        self.settle(shutdown, &delivered, &retries, &dead).await?;
+        let settled = self.settle(shutdown, &delivered, &retries, &dead).await;
+        pipeline.release(&batch);
+        metrics::gauge!("outbox_batches_in_flight").set(pipeline.len() as f64);
+        settled?;
         metrics::counter!("outbox_events_published_total").increment(delivered.len() as u64);
         metrics::counter!("outbox_delivery_failures_total").increment((retries.len() + dead.len()) as u64);
         metrics::counter!("outbox_dead_lettered_total").increment(dead.len() as u64);
@@ -434,5 +413,12 @@ async fn heartbeat_loop<S: OutboxStore>(store: Arc<S>, id: RelayId, config: Rela
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.cancelled() => {}
     }
 }

@@ -3,139 +3,39 @@
 //! (consumer group, event id). A redelivered event finds its inbox row,
 //! commits nothing new and is acknowledged. The Kafka offset is stored only
 //! after that transaction committed.
+//!
+//! Messages that are already waiting are applied together: one transaction
+//! writes all their inbox rows in one statement, runs the handler for each
+//! new one in order, and commits once. If any handler fails, that
+//! transaction rolls back and the messages are applied one at a time, so a
+//! failure only ever affects its own message.
 
-use std::collections::BTreeMap;
+mod event;
+mod handler;
+
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
-use sqlx::{PgConnection, PgPool};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use event::ReceivedEvent;
+pub use handler::{BoxError, Handler, HandlerError};
+
+use event::{header_map, to_event};
+
 use crate::config::OutboxConfig;
 use crate::error::{Error, Result};
 use crate::store::InboxSql;
-
-/// An event as the handler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedEvent {
-    /// CloudEvents `id` (the outbox message id).
-    pub id: Uuid,
-    /// CloudEvents `type`.
-    pub event_type: String,
-    /// CloudEvents `source`.
-    pub source: Option<String>,
-    /// CloudEvents `time`.
-    pub time: Option<DateTime<Utc>>,
-    /// Topic it came from.
-    pub topic: String,
-    /// Partition it came from.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// The Kafka key.
-    pub key: Option<Vec<u8>>,
-    /// The payload.
-    pub payload: Vec<u8>,
-    /// Every header, CloudEvents ones included (non-UTF-8 values are left out).
-    pub headers: BTreeMap<String, String>,
-}
-
-impl ReceivedEvent {
-    /// Deserialises the JSON payload.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.payload)
-    }
-    /// The key as UTF-8, if it is.
-    pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
-    }
-    /// The writer's W3C `traceparent`, if any.
-    pub fn traceparent(&self) -> Option<&str> {
-        self.headers.get("traceparent").map(String::as_str)
-    }
-}
-
-/// The error type of the standard library, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// A handler's failure, with what to do about it.
-///
-/// Any `std::error::Error` converts into [`HandlerError::Retry`] with `?`.
-#[derive(Debug)]
-pub enum HandlerError {
-    /// Try again later (up to the configured attempts).
-    Retry(BoxError),
-    /// Never going to work: dead-letter at once.
-    Permanent(BoxError),
-}
-
-impl HandlerError {
-    /// A permanent failure from any error or message.
-    pub fn permanent(e: impl Into<BoxError>) -> Self {
-        HandlerError::Permanent(e.into())
-    }
-    /// A retryable failure from any error or message.
-    pub fn retry(e: impl Into<BoxError>) -> Self {
-        HandlerError::Retry(e.into())
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
-    fn from(e: E) -> Self {
-        HandlerError::Retry(Box::new(e))
-    }
-}
-
-impl std::fmt::Display for HandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HandlerError::Retry(e) => write!(f, "{e}"),
-            HandlerError::Permanent(e) => write!(f, "permanent: {e}"),
-        }
-    }
-}
-
-/// Applies events. Runs inside the inbox transaction: do the event's database
-/// effect through `tx` and it commits atomically with the inbox row.
-///
-/// ```
-/// use outbox_core::{Handler, HandlerError, ReceivedEvent};
-/// struct CountOrders;
-///
-/// #[async_trait::async_trait]
-/// impl Handler for CountOrders {
-///     async fn handle(&self, event: &ReceivedEvent, tx: &mut sqlx::PgConnection) -> Result<(), HandlerError> {
-///         let order: serde_json::Value = event.json()?;
-///         sqlx::query("UPDATE stats SET orders = orders + 1, last = $1")
-///             .bind(order["id"].as_i64())
-///             .execute(&mut *tx)
-///             .await?;
-///         Ok(())
-///     }
-/// }
-/// ```
-#[async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// Applies one event through `tx`. Must not commit or roll back `tx`.
-    async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError>;
-}
-
-/// A shared handler is a handler (so tests and services can keep a handle).
-#[async_trait]
-impl<H: Handler> Handler for Arc<H> {
-    async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError> {
-        (**self).handle(event, tx).await
-    }
-}
 
 /// Configuration of an [`InboxConsumer`].
 #[derive(Debug, Clone)]
@@ -159,6 +59,10 @@ pub struct ConsumerConfig {
     pub inbox_horizon: Duration,
     /// How often old inbox rows are cleaned up.
     pub cleanup_interval: Duration,
+    /// Most messages applied in one transaction (1 applies each message in
+    /// its own transaction). Only messages already received are batched:
+    /// the consumer never waits to fill a batch.
+    pub batch_size: usize,
 }
 
 impl ConsumerConfig {
@@ -174,6 +78,7 @@ impl ConsumerConfig {
             retry_max_delay: Duration::from_secs(10),
             inbox_horizon: Duration::from_secs(7 * 24 * 3600),
             cleanup_interval: Duration::from_secs(60),
+            batch_size: 256,
         }
     }
 
@@ -187,6 +92,9 @@ impl ConsumerConfig {
         }
         for t in &self.topics {
             crate::message::validate_topic(t).map_err(|e| Error::Config(e.to_string()))?;
+        }
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return bad("batch size must be between 1 and 10000");
         }
         if self.max_attempts == 0 {
             return bad("max attempts must be at least 1");
@@ -308,26 +216,116 @@ impl<H: Handler> InboxConsumer<H> {
     }
 
     async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
+        let mut batch = Vec::with_capacity(self.config.batch_size);
         loop {
             let message = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let message = match message {
-                Ok(m) => m,
+            match message {
+                Ok(m) => batch.push(m),
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-            };
-            let Some(outcome) = self.process(&message, shutdown).await else {
-                return Ok(()); // shutting down mid-message: it will be redelivered
-            };
-            self.stats.count(outcome);
-            tracing::debug!(?outcome, topic = message.topic(), offset = message.offset(), "processed");
-            self.consumer.store_offset_from_message(&message)?;
+            }
+            // Take whatever else has already arrived, without waiting.
+            while batch.len() < self.config.batch_size {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let finished = self.process_batch(&batch, shutdown).await?;
+            batch.clear();
+            if !finished {
+                return Ok(()); // shutting down mid-batch: the rest will be redelivered
+            }
         }
+    }
+
+    /// Applies `batch` and stores each message's offset once its effect
+    /// committed; `false` if shutdown interrupted it.
+    async fn process_batch(&self, batch: &[BorrowedMessage<'_>], shutdown: &CancellationToken) -> Result<bool> {
+        if batch.len() > 1 {
+            let events: Option<Vec<ReceivedEvent>> = batch.iter().map(|m| to_event(m).ok()).collect();
+            if let Some(events) = events {
+                match self.apply_batch(&events).await {
+                    Ok(outcomes) => {
+                        if outcomes.contains(&Processed::Applied) {
+                            crate::failpoint::hit("inbox-after-commit");
+                        }
+                        for (message, outcome) in batch.iter().zip(outcomes) {
+                            self.done(message, outcome)?;
+                        }
+                        metrics::histogram!("outbox_inbox_batch_size").record(batch.len() as f64);
+                        return Ok(true);
+                    }
+                    Err(Attempt::Handler(e)) => {
+                        tracing::debug!(error = %e, "a handler failed in a batch: applying its messages one by one");
+                    }
+                    Err(Attempt::Infrastructure(e)) => {
+                        tracing::warn!(error = %e, "inbox batch failed: applying its messages one by one");
+                    }
+                }
+            }
+        }
+        for message in batch {
+            let Some(outcome) = self.process(message, shutdown).await else {
+                return Ok(false);
+            };
+            self.done(message, outcome)?;
+        }
+        Ok(true)
+    }
+
+    /// Counts an outcome and stores the message's offset.
+    fn done(&self, message: &BorrowedMessage<'_>, outcome: Processed) -> Result<()> {
+        self.stats.count(outcome);
+        tracing::debug!(?outcome, topic = message.topic(), offset = message.offset(), "processed");
+        self.consumer.store_offset_from_message(message)?;
+        Ok(())
+    }
+
+    /// One transaction for many events: every inbox row in one statement,
+    /// then the handler for each event seen for the first time, in order.
+    async fn apply_batch(&self, events: &[ReceivedEvent]) -> Result<Vec<Processed>, Attempt> {
+        let mut tx = self.pool.begin().await.map_err(Attempt::infra)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+        let new: HashSet<Uuid> = sqlx::query_scalar(&self.sql.insert_many)
+            .bind(&self.config.group_id)
+            .bind(&ids)
+            .bind(&topics)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Attempt::infra)?
+            .into_iter()
+            .collect();
+        let mut applied = HashSet::with_capacity(new.len());
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            if new.contains(&event.id) && applied.insert(event.id) {
+                if let Err(e) = self.handler.handle(event, &mut tx).instrument(span(event)).await {
+                    let _ = tx.rollback().await;
+                    return Err(Attempt::Handler(e));
+                }
+                outcomes.push(Processed::Applied);
+            } else {
+                outcomes.push(Processed::Duplicate);
+            }
+        }
+        if applied.is_empty() {
+            tx.rollback().await.map_err(Attempt::infra)?;
+        } else {
+            tx.commit().await.map_err(Attempt::infra)?;
+        }
+        Ok(outcomes)
     }
 
     /// Applies one message; `None` if shutdown interrupted it.
@@ -337,11 +335,7 @@ impl<H: Handler> InboxConsumer<H> {
             let reason = event.err().unwrap_or_default();
             return self.dead_letter(message, None, &reason, 0, shutdown).await;
         };
-        let span = tracing::info_span!("outbox.consume", event_id = %event.id, event_type = %event.event_type,
-            topic = %event.topic, partition = event.partition, offset = event.offset);
-        if let Some(tp) = event.traceparent() {
-            crate::trace::set_remote_parent(&span, tp);
-        }
+        let span = span(event);
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.config.retry_min_delay)
             .with_max_delay(self.config.retry_max_delay)
@@ -451,6 +445,16 @@ impl<H: Handler> InboxConsumer<H> {
     }
 }
 
+/// The span a handler runs in, continuing the writer's trace.
+fn span(event: &ReceivedEvent) -> tracing::Span {
+    let span = tracing::info_span!("outbox.consume", event_id = %event.id, event_type = %event.event_type,
+        topic = %event.topic, partition = event.partition, offset = event.offset);
+    if let Some(tp) = event.traceparent() {
+        crate::trace::set_remote_parent(&span, tp);
+    }
+    span
+}
+
 enum Attempt {
     Infrastructure(sqlx::Error),
     Handler(HandlerError),
@@ -460,36 +464,6 @@ impl Attempt {
     fn infra(e: sqlx::Error) -> Self {
         Attempt::Infrastructure(e)
     }
-}
-
-fn header_map(message: &BorrowedMessage<'_>) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    if let Some(headers) = message.headers() {
-        for h in headers.iter() {
-            if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
-                map.insert(h.key.to_owned(), v.to_owned());
-            }
-        }
-    }
-    map
-}
-
-fn to_event(message: &BorrowedMessage<'_>) -> Result<ReceivedEvent, String> {
-    let headers = header_map(message);
-    let id = headers.get("ce_id").ok_or("message has no ce_id header: not an outbox event")?;
-    let id = Uuid::parse_str(id).map_err(|e| format!("ce_id {id:?} is not a UUID: {e}"))?;
-    Ok(ReceivedEvent {
-        id,
-        event_type: headers.get("ce_type").cloned().unwrap_or_default(),
-        source: headers.get("ce_source").cloned(),
-        time: headers.get("ce_time").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
-        topic: message.topic().to_owned(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers,
-    })
 }
 
 /// Deletes inbox rows past the horizon, in batches, every `cleanup_interval`.
