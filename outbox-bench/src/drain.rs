@@ -22,30 +22,32 @@ pub struct Drain {
     pub order_violations: Option<usize>,
 }
 
-/// Drains `n` events over `keys` keys with `relays` relay processes.
+/// Drains `n` events over `keys` keys with `relays` relay processes: the
+/// relays are started and warmed first, then the whole backlog commits at
+/// once and the clock runs from that commit until the outbox is empty.
 pub async fn relays(env: &Env, n: usize, keys: usize, relays: usize, verify: bool) -> anyhow::Result<Drain> {
     let (config, outbox) = env.outbox(&format!("drain{relays}")).await?;
     let topic = env.topic("drain", 6).await?;
-    backlog(env, &outbox, &topic, n, keys).await?;
+    let procs = env.warm_relays(&config, &outbox, &topic, relays, &["--batch-size", "2000"], keys).await?;
+    let cpu_before: f64 = procs.iter().map(RelayProcess::cpu_seconds).sum();
+    // Commit the backlog in one transaction: the relays see all of it at once.
+    backlog(env, &outbox, &topic, keys, keys + n, keys).await?;
     let start = Instant::now();
-    let procs: Vec<RelayProcess> = (0..relays)
-        .map(|_| RelayProcess::start(env, &config, &["--batch-size", "2000"]))
-        .collect::<anyhow::Result<_>>()?;
     let mut peak_rss_mb: f64 = 0.0;
     loop {
         for p in &procs {
             peak_rss_mb = peak_rss_mb.max(p.peak_rss_mb());
         }
-        if env.pending(&config).await? == 0 {
+        if !env.pending(&config).await? {
             break;
         }
         anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "backlog not drained in 10 minutes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu: f64 = procs.iter().map(RelayProcess::cpu_seconds).sum();
+    let cpu: f64 = procs.iter().map(RelayProcess::cpu_seconds).sum::<f64>() - cpu_before;
     drop(procs);
-    let order_violations = if verify { Some(order_violations(env, &topic, n)?) } else { None };
+    let order_violations = if verify { Some(order_violations(env, &topic, n + keys)?) } else { None };
     Ok(Drain { events: n, relays, eps: n as f64 / elapsed, peak_rss_mb, cpu_cores: cpu / elapsed, order_violations })
 }
 
@@ -84,12 +86,17 @@ fn order_violations(env: &Env, topic: &str, n: usize) -> anyhow::Result<usize> {
 pub async fn naive(env: &Env, n: usize, keys: usize) -> anyhow::Result<f64> {
     let (config, outbox) = env.outbox("naive").await?;
     let topic = env.topic("naive", 6).await?;
-    backlog(env, &outbox, &topic, n, keys).await?;
+    backlog(env, &outbox, &topic, 0, n, keys).await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()?;
+    // Warm: connection, producer id and topic metadata in place.
+    producer
+        .send(FutureRecord::to(&topic).payload("warm-up").key("warm-up"), Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)?;
     let table = format!("{}.outbox", config.schema());
     let start = Instant::now();
     loop {

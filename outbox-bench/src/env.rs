@@ -19,16 +19,19 @@ pub struct Env {
     pub database_url: String,
     pub brokers: String,
     pub pool: PgPool,
+    /// Extra arguments for every relay process (they replace the
+    /// scenario's own value of the same flag).
+    pub relay_args: Vec<String>,
 }
 
 impl Env {
-    pub async fn connect(database_url: String, brokers: String) -> anyhow::Result<Env> {
+    pub async fn connect(database_url: String, brokers: String, relay_args: Vec<String>) -> anyhow::Result<Env> {
         let pool = PgPoolOptions::new()
             .max_connections(40)
             .connect(&database_url)
             .await
             .context("connect to PostgreSQL (DATABASE_URL)")?;
-        Ok(Env { database_url, brokers, pool })
+        Ok(Env { database_url, brokers, pool, relay_args })
     }
 
     /// A fresh outbox in its own schema.
@@ -54,9 +57,55 @@ impl Env {
         Ok(topic)
     }
 
-    pub async fn pending(&self, config: &OutboxConfig) -> anyhow::Result<i64> {
-        let sql = format!("SELECT count(*) FROM {}.outbox", config.schema());
+    /// Whether any event is still pending.
+    pub async fn pending(&self, config: &OutboxConfig) -> anyhow::Result<bool> {
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {}.outbox)", config.schema());
         Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
+    }
+
+    /// Waits until the outbox is empty (at most `limit`).
+    pub async fn drained(&self, config: &OutboxConfig, limit: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        while self.pending(config).await? {
+            anyhow::ensure!(start.elapsed() < limit, "outbox not drained within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts `n` relays and waits until they are warm: every slot owned,
+    /// a first round of events (one per key) published, so connections,
+    /// producer ids and topic metadata are in place before anything is timed.
+    pub async fn warm_relays(
+        &self,
+        config: &OutboxConfig,
+        outbox: &Outbox,
+        topic: &str,
+        n: usize,
+        extra: &[&str],
+        keys: usize,
+    ) -> anyhow::Result<Vec<RelayProcess>> {
+        let relays: Vec<RelayProcess> =
+            (0..n).map(|_| RelayProcess::start(self, config, extra)).collect::<anyhow::Result<_>>()?;
+        let leases = format!(
+            "SELECT count(*) FROM {}.outbox_leases WHERE owner IS NOT NULL AND expires_at > now()",
+            config.schema()
+        );
+        let owners =
+            format!("SELECT count(DISTINCT owner) FROM {}.outbox_leases WHERE expires_at > now()", config.schema());
+        let start = std::time::Instant::now();
+        loop {
+            let owned: i64 = sqlx::query_scalar(&leases).fetch_one(&self.pool).await?;
+            let distinct: i64 = sqlx::query_scalar(&owners).fetch_one(&self.pool).await?;
+            if owned == i64::from(config.slots()) && distinct == n as i64 {
+                break;
+            }
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "relays did not take all slots in 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        backlog(self, outbox, topic, 0, keys, keys).await?;
+        self.drained(config, Duration::from_secs(60)).await?;
+        Ok(relays)
     }
 }
 
@@ -71,17 +120,28 @@ pub fn key(i: usize, keys: usize) -> String {
     format!("key-{}", i % keys)
 }
 
-/// Enqueues `n` events (256-byte JSON, `keys` keys) in transactions of 1,000.
-pub async fn backlog(env: &Env, outbox: &Outbox, topic: &str, n: usize, keys: usize) -> anyhow::Result<()> {
-    let mut i = 0;
-    while i < n {
-        let end = (i + 1000).min(n);
+/// Enqueues events `from..to` (256-byte JSON, `keys` keys), 1,000 per
+/// statement, all in one transaction: the relay sees the whole backlog at
+/// once, when it commits.
+pub async fn backlog(
+    env: &Env,
+    outbox: &Outbox,
+    topic: &str,
+    from: usize,
+    to: usize,
+    keys: usize,
+) -> anyhow::Result<()> {
+    let mut tx = env.pool.begin().await?;
+    let mut i = from;
+    while i < to {
+        let end = (i + 1000).min(to);
         let batch: Vec<Message> = (i..end)
             .map(|j| Message::json(topic, "bench.event", &payload(j)).map(|m| m.with_key(key(j, keys))))
             .collect::<Result<_, _>>()?;
-        outbox.enqueue_all(&env.pool, &batch).await?;
+        outbox.enqueue_all(&mut *tx, &batch).await?;
         i = end;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -100,10 +160,14 @@ impl RelayProcess {
             relay.display()
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // The scenario's flags (flag, value pairs), unless the user gave the same flag.
+        let user_flags: Vec<&str> = env.relay_args.iter().map(|a| a.split('=').next().unwrap_or(a)).collect();
+        let own: Vec<&str> = extra.chunks(2).filter(|pair| !user_flags.contains(&pair[0])).flatten().copied().collect();
         let child = Command::new(relay)
             .args(["run", "--schema", config.schema().as_str(), "--kafka-brokers", &env.brokers])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(extra)
+            .args(own)
+            .args(&env.relay_args)
             .env("DATABASE_URL", &env.database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -24,12 +24,10 @@ pub async fn throughput(env: &Env, n: usize) -> anyhow::Result<f64> {
     let (config, outbox) = env.outbox("inbox").await?;
     sqlx::raw_sql("CREATE TABLE bench_inbox.effects (event_id uuid NOT NULL)").execute(&env.pool).await?;
     let topic = env.topic("inbox", 6).await?;
-    backlog(env, &outbox, &topic, n, 10_000).await?;
+    backlog(env, &outbox, &topic, 0, n, 10_000).await?;
     {
         let _relay = RelayProcess::start(env, &config, &["--batch-size", "2000"])?;
-        while env.pending(&config).await? > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        env.drained(&config, Duration::from_secs(600)).await?;
     }
     let consumer_config = ConsumerConfig::new(&env.brokers, format!("bench-{}", uuid::Uuid::now_v7()), &[&topic]);
     let consumer = InboxConsumer::new(env.pool.clone(), &config, consumer_config, Effect)?;

@@ -37,6 +37,10 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Extra argument for every relay process, e.g. --relay-arg=--pipeline-depth=8
+    /// (repeatable; replaces the scenario's own value of that flag).
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
     /// Write S3's latency distribution as an SVG plot to this file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -75,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let backlog = args.events.unwrap_or(sizes.backlog);
     let wants = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
-    let env = env::Env::connect(args.database_url.clone(), args.brokers.clone()).await?;
+    let env = env::Env::connect(args.database_url.clone(), args.brokers.clone(), args.relay_args.clone()).await?;
     let keys = 10_000;
     let mut results = serde_json::Map::new();
     let mut rows: Vec<(String, String)> = Vec::new();

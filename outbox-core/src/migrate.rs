@@ -44,10 +44,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "retention of published events",
         sql: include_str!("../../migrations/postgres/0005_retention.sql"),
     },
+    Migration {
+        version: 6,
+        description: "queue tuning: no slot index, fixed autovacuum thresholds",
+        sql: include_str!("../../migrations/postgres/0006_queue_tuning.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 5;
+pub const LATEST_VERSION: i64 = 6;
 
 /// Renders a migration's SQL for `config`'s (checked) identifiers.
 fn render(sql: &str, config: &OutboxConfig) -> String {

@@ -75,4 +75,3 @@ pub(super) fn to_event(message: &BorrowedMessage<'_>) -> Result<ReceivedEvent, S
         headers,
     })
 }
-

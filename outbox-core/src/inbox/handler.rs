@@ -79,4 +79,3 @@ impl<H: Handler> Handler for Arc<H> {
         (**self).handle(event, tx).await
     }
 }
-

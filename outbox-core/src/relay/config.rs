@@ -127,4 +127,3 @@ fn default_name() -> String {
         .unwrap_or_else(|| "relay".to_owned());
     format!("{host}:{}", std::process::id())
 }
-
