@@ -47,6 +47,33 @@ async fn quarantined(world: &World) -> Vec<(Uuid, bool)> {
         .unwrap()
 }
 
+/// Two events per batch, several batches in flight: the first batch is
+/// [b1, a1] where a1 is refused at once while b1 awaits its confirmation;
+/// the next batch, [a2, a3], is claimed and sent before that first batch is
+/// settled, and must hold a2 and a3 back (never sent after a1 failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantine_holds_the_key_across_batches_in_flight() {
+    let world = World::new(2).await;
+    let outbox = Outbox::new(world.config.clone().with_max_payload_bytes(8192));
+    let m = |key: &str, payload: Vec<u8>| Message::bytes(&world.topic, "test", payload).with_key(key);
+    let (b1, a1, a2, a3, b2) =
+        (m("b", vec![1]), m("a", vec![b'x'; 5000]), m("a", vec![2]), m("a", vec![3]), m("b", vec![2]));
+    outbox.enqueue_all(&world.pool, &[b1.clone(), a1.clone(), a2, a3, b2.clone()]).await.unwrap();
+    let relay = world.relay(&["-X", "message.max.bytes=2000", "--batch-size", "2", "--pipeline-depth", "4"]);
+    let start = std::time::Instant::now();
+    while world.pending().await != 2 || quarantined(&world).await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "poison not quarantined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(relay);
+    assert_eq!(quarantined(&world).await, vec![(a1.id(), true)]);
+    assert_eq!(world.pending().await, 2, "a2 and a3 wait behind the dead letter");
+    let records = world.read_topic(2);
+    let published: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    assert_eq!(published, vec![b1.id(), b2.id()], "only key b was published, in order: {records:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quarantine_holds_the_key_until_retried_in_order() {
     let (world, a, b) = poisoned_world().await;

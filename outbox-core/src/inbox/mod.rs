@@ -257,7 +257,8 @@ impl<H: Handler> InboxConsumer<H> {
             if let Some(events) = events {
                 match self.apply_batch(&events).await {
                     Ok(outcomes) => {
-                        if outcomes.contains(&Processed::Applied) {
+                        // Once per applied message, as on the one-by-one path.
+                        for _ in outcomes.iter().filter(|o| **o == Processed::Applied) {
                             crate::failpoint::hit("inbox-after-commit");
                         }
                         for (message, outcome) in batch.iter().zip(outcomes) {
