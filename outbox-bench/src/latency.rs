@@ -1,33 +1,123 @@
-//! S3: end-to-end latency at a steady rate: commit → consumer receipt,
-//! measured per event (writer and consumer share this process's clock).
+//! S3: end-to-end latency at a steady rate, per event: commit → broker
+//! confirmation and commit → consumer receipt. Writers, relay and consumer
+//! share this process's clock: the relay runs here as a library (on its own
+//! runtime and connection pool, with the relay binary's defaults), its
+//! publisher wrapped to note when each event's confirmation arrived.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox_core::Message;
+use async_trait::async_trait;
+use outbox_core::{
+    CancellationToken, Delivery, KafkaPublisher, KafkaPublisherConfig, Message, OutboxConfig, OutboxEvent, PgStore,
+    Publisher, Relay, RelayConfig, Sending,
+};
 use rdkafka::message::{Headers, Message as _};
+use sqlx::postgres::PgPoolOptions;
 
-use crate::env::{key, payload, percentile, Env, RelayProcess};
+use crate::env::{key, payload, percentile, Env};
 
-/// Result of S3 at one rate.
+type Clock = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Percentiles of one latency, in ms.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Latency {
+pub struct Spread {
     #[serde(skip)]
     pub sorted_ms: Vec<f64>,
-    pub rate: f64,
-    pub events: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
 }
 
-pub async fn steady(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
+impl Spread {
+    fn of(from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> anyhow::Result<Spread> {
+        let mut ms: Vec<f64> = from
+            .iter()
+            .filter_map(|(id, a)| to.get(id).map(|b| b.saturating_duration_since(*a).as_secs_f64() * 1000.0))
+            .collect();
+        anyhow::ensure!(ms.len() == from.len(), "{} of {} events seen", ms.len(), from.len());
+        ms.sort_by(f64::total_cmp);
+        Ok(Spread {
+            p50_ms: percentile(&ms, 50.0),
+            p99_ms: percentile(&ms, 99.0),
+            max_ms: ms.last().copied().unwrap_or_default(),
+            sorted_ms: ms,
+        })
+    }
+}
+
+/// Result of S3 at one rate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub rate: f64,
+    pub events: usize,
+    /// Commit → broker confirmation (as the relay receives it).
+    pub confirm: Spread,
+    /// Commit → receipt by a consumer.
+    pub receipt: Spread,
+}
+
+/// The Kafka publisher, noting when each event's confirmation arrived.
+struct Timed {
+    inner: KafkaPublisher,
+    confirmed: Clock,
+}
+
+#[async_trait]
+impl Publisher for Timed {
+    async fn send(&self, events: &[OutboxEvent], hold: &HashSet<String>) -> Sending {
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        let sending = self.inner.send(events, hold).await;
+        let confirmed = self.confirmed.clone();
+        Sending::new(vec![None; ids.len()], async move {
+            let outcomes = sending.outcomes().await;
+            let now = Instant::now();
+            let mut clock = confirmed.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, outcome) in ids.iter().zip(&outcomes) {
+                if *outcome == Delivery::Delivered {
+                    clock.entry(id.clone()).or_insert(now);
+                }
+            }
+            outcomes.into_iter().enumerate().collect()
+        })
+    }
+
+    async fn ping(&self) -> outbox_core::Result<()> {
+        self.inner.ping().await
+    }
+}
+
+/// Runs a relay on its own thread and runtime until `shutdown`.
+fn relay_thread(
+    env: &Env,
+    config: OutboxConfig,
+    confirmed: Clock,
+    poll: Duration,
+    shutdown: CancellationToken,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let (url, brokers) = (env.database_url.clone(), env.brokers.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        runtime.block_on(async move {
+            let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+            let publisher = Timed { inner: KafkaPublisher::new(KafkaPublisherConfig::new(brokers))?, confirmed };
+            let relay_config = RelayConfig { poll_interval: poll, ..RelayConfig::default() };
+            Relay::new(PgStore::new(pool, &config), publisher, relay_config)?.run(shutdown).await?;
+            Ok(())
+        })
+    })
+}
+
+/// `poll` is the relay's poll interval (its default is 10 ms).
+pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration) -> anyhow::Result<Latency> {
     let (config, outbox) = env.outbox("latency").await?;
     let topic = env.topic("latency", 6).await?;
-    let _relay = RelayProcess::start(env, &config, &[])?;
-    let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let committed: Clock = Arc::default();
+    let confirmed: Clock = Arc::default();
+    let received: Clock = Arc::default();
+    let shutdown = CancellationToken::new();
+    let relay = relay_thread(env, config, confirmed.clone(), poll, shutdown.clone());
     let reader = {
         let (brokers, topic, received) = (env.brokers.clone(), topic.clone(), received.clone());
         std::thread::spawn(move || read(&brokers, &topic, &received, duration + Duration::from_secs(10)))
@@ -60,25 +150,26 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<
         r??;
     }
     reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    shutdown.cancel();
+    relay.join().map_err(|_| anyhow::anyhow!("relay panicked"))??;
     let committed = committed.lock().unwrap_or_else(|e| e.into_inner());
+    let confirmed = confirmed.lock().unwrap_or_else(|e| e.into_inner());
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
-    let mut ms: Vec<f64> = committed
-        .iter()
-        .filter_map(|(id, c)| received.get(id).map(|r| r.saturating_duration_since(*c).as_secs_f64() * 1000.0))
-        .collect();
-    anyhow::ensure!(ms.len() == committed.len(), "{} of {} events received", ms.len(), committed.len());
-    ms.sort_by(f64::total_cmp);
     Ok(Latency {
         rate,
-        events: ms.len(),
-        p50_ms: percentile(&ms, 50.0),
-        p99_ms: percentile(&ms, 99.0),
-        max_ms: ms.last().copied().unwrap_or_default(),
-        sorted_ms: ms,
+        events: committed.len(),
+        confirm: Spread::of(&committed, &confirmed)?,
+        receipt: Spread::of(&committed, &received)?,
     })
 }
 
-fn read(brokers: &str, topic: &str, received: &Mutex<HashMap<String, Instant>>, until: Duration) -> anyhow::Result<()> {
+/// Records when each event (by `ce_id`) is first received from `topic`.
+pub fn read(
+    brokers: &str,
+    topic: &str,
+    received: &Mutex<HashMap<String, Instant>>,
+    until: Duration,
+) -> anyhow::Result<()> {
     let consumer = crate::env::reader(brokers, topic, &[("fetch.wait.max.ms", "5")])?;
     let start = Instant::now();
     while start.elapsed() < until {

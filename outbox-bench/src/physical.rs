@@ -4,10 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::env::{key, payload, Env};
+use crate::env::{key, payload, percentile, Env};
 
 /// K: events/s of a bare rdkafka producer (idempotent, acks=all), same
 /// payloads and keys, produce everything then await every report. The
@@ -84,4 +88,82 @@ pub async fn raw_inserts(env: &Env, duration: Duration) -> anyhow::Result<f64> {
         total += t.await??;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// L: the broker's own latency floor for S3, with no database in the path.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RawLatency {
+    pub rate: f64,
+    /// produce() → broker confirmation.
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    /// produce() → receipt by a consumer.
+    pub receipt_p50_ms: f64,
+    pub receipt_p99_ms: f64,
+}
+
+/// A bare producer (same settings as the relay: idempotent, acks=all,
+/// linger.ms=1) sending one event at a time at `rate`, and a consumer set up
+/// as in S3.
+pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<RawLatency> {
+    let topic = env.topic("rawlat", 6).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?;
+    producer
+        .send(FutureRecord::to(&topic).payload("warm-up").key("warm-up"), Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)?;
+    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let reader = {
+        let (brokers, topic, received) = (env.brokers.clone(), topic.clone(), received.clone());
+        std::thread::spawn(move || crate::latency::read(&brokers, &topic, &received, duration + Duration::from_secs(8)))
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await; // reader assigned
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due {
+            let (producer, topic, i) = (producer.clone(), topic.clone(), sent);
+            tasks.spawn(async move {
+                let id = uuid::Uuid::now_v7().to_string();
+                let body = payload(i).to_string();
+                let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some(id.as_str()) });
+                let record = FutureRecord::to(&topic).payload(&body).key("k").headers(headers);
+                let t = Instant::now();
+                producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+                Ok::<_, anyhow::Error>((id, t, t.elapsed().as_secs_f64() * 1000.0))
+            });
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut acks = Vec::new();
+    let mut sent_at = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (id, t, ms) = r??;
+        acks.push(ms);
+        sent_at.insert(id, t);
+    }
+    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let received = received.lock().unwrap_or_else(|e| e.into_inner());
+    let mut receipts: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(id, t)| received.get(id).map(|r| r.saturating_duration_since(*t).as_secs_f64() * 1000.0))
+        .collect();
+    anyhow::ensure!(receipts.len() == sent_at.len(), "{} of {} events received", receipts.len(), sent_at.len());
+    acks.sort_by(f64::total_cmp);
+    receipts.sort_by(f64::total_cmp);
+    Ok(RawLatency {
+        rate,
+        ack_p50_ms: percentile(&acks, 50.0),
+        ack_p99_ms: percentile(&acks, 99.0),
+        receipt_p50_ms: percentile(&receipts, 50.0),
+        receipt_p99_ms: percentile(&receipts, 99.0),
+    })
 }
