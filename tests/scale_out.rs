@@ -44,13 +44,28 @@ async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -
     }
 }
 
+/// Waits until every relay owns slots and together they own all of them.
+async fn slots_divided(relays: &[RelayProcess]) {
+    wait_until("slots divided", Duration::from_secs(20), async || {
+        let mut owned = Vec::new();
+        for r in relays {
+            owned.push(metric(r, "outbox_slots_owned").await);
+        }
+        owned.iter().all(|o| *o > 0.0) && owned.iter().sum::<f64>() == f64::from(outbox::DEFAULT_SLOTS)
+    })
+    .await;
+}
+
 /// Three relays drain 20,000 events over 200 keys: nothing lost, per-key
 /// order intact, every relay did part of the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_relays_share_the_work_in_order() {
     let world = World::new(6).await;
-    let committed = backlog(&world, 20_000, 200).await;
     let relays: Vec<RelayProcess> = (0..3).map(|_| world.relay(&["--batch-size", "500"])).collect();
+    // The backlog arrives once the three share the slots (a relay drains
+    // 20,000 events in well under the second a rebalance takes).
+    slots_divided(&relays).await;
+    let committed = backlog(&world, 20_000, 200).await;
     world.wait_drained(Duration::from_secs(180)).await;
     let records = world.read_topic(20_000);
     let c = check(&records, &committed, &HashSet::new());
@@ -71,14 +86,7 @@ async fn killed_relay_slots_are_taken_over() {
     let world = World::new(6).await;
     let mut relays: Vec<RelayProcess> = (0..3).map(|_| world.relay(&["--batch-size", "100"])).collect();
     // Wait until the three share the slots, then write while one dies.
-    wait_until("slots divided", Duration::from_secs(20), async || {
-        let mut owned = Vec::new();
-        for r in &relays {
-            owned.push(metric(r, "outbox_slots_owned").await);
-        }
-        owned.iter().all(|o| *o > 0.0) && owned.iter().sum::<f64>() == f64::from(outbox::DEFAULT_SLOTS)
-    })
-    .await;
+    slots_divided(&relays).await;
     let writer = write_events(&world, 4, 300, 50, 10);
     let victim = relays.remove(0);
     let killer = async {
@@ -117,12 +125,19 @@ async fn killed_relay_slots_are_taken_over() {
 async fn paused_relay_is_fenced_when_it_wakes() {
     let world = World::new(6).await;
     let committed_before = backlog(&world, 6000, 30).await;
-    let relays: Vec<RelayProcess> = (0..3).map(|_| world.relay(&["--batch-size", "200"])).collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    relays[0].signal("STOP");
+    // Relay 0 stops itself after its first confirmed batch, before marking
+    // it: a zombie holding confirmed, unmarked rows.
+    let zombie = RelayProcess::start(
+        &world.schema,
+        &world.brokers,
+        &["--batch-size", "200"],
+        &[("OUTBOX_FAILPOINT", "relay-after-publish@1:stop")],
+    );
+    wait_until("relay 0 stopped at the failpoint", Duration::from_secs(30), async || zombie.is_stopped()).await;
+    let others: Vec<RelayProcess> = (0..2).map(|_| world.relay(&["--batch-size", "200"])).collect();
     let (more, rolled_back) = write_events(&world, 4, 200, 30, 5).await;
-    tokio::time::sleep(Duration::from_secs(5)).await; // past the 3s lease
-    relays[0].signal("CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await; // past the 3s lease: the others take its slots
+    zombie.signal("CONT");
     world.wait_drained(Duration::from_secs(60)).await;
     let mut committed = committed_before;
     for (k, ids) in more {
@@ -130,12 +145,15 @@ async fn paused_relay_is_fenced_when_it_wakes() {
     }
     let records = world.read_topic(total(&committed));
     let c = check(&records, &committed, &rolled_back);
-    let fenced = metric(&relays[0], "outbox_fenced_rows_total").await;
+    let fenced = metric(&zombie, "outbox_fenced_rows_total").await;
     println!("{c:?} fenced_rows_on_woken_relay={fenced}");
     assert_eq!((c.lost, c.unexpected, c.order_violations), (0, 0, 0));
+    assert!(fenced > 0.0, "the woken relay's marks must be fenced off");
+    assert!(c.dup_topic as f64 >= fenced, "its fenced rows were published again by the new owners");
     // It rejoins and gets a share of the slots back.
     wait_until("woken relay owns slots again", Duration::from_secs(15), async || {
-        metric(&relays[0], "outbox_slots_owned").await > 0.0
+        metric(&zombie, "outbox_slots_owned").await > 0.0
     })
     .await;
+    drop(others);
 }

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureRecord;
 
 use crate::env::{backlog, Env, RelayProcess};
 
@@ -87,16 +86,7 @@ pub async fn naive(env: &Env, n: usize, keys: usize) -> anyhow::Result<f64> {
     let (config, outbox) = env.outbox("naive").await?;
     let topic = env.topic("naive", 6).await?;
     backlog(env, &outbox, &topic, 0, n, keys).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
-    // Warm: connection, producer id and topic metadata in place.
-    producer
-        .send(FutureRecord::to(&topic).payload("warm-up").key("warm-up"), Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| e)?;
+    let producer = env.warm_producer(&topic, &[]).await?;
     let table = format!("{}.outbox", config.schema());
     let start = Instant::now();
     loop {

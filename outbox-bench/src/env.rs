@@ -57,6 +57,25 @@ impl Env {
         Ok(topic)
     }
 
+    /// An idempotent, `acks=all` producer with `settings`, warmed by one
+    /// confirmed message to `topic` (connection, producer id and metadata
+    /// in place before anything is timed).
+    pub async fn warm_producer(
+        &self,
+        topic: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<rdkafka::producer::FutureProducer> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers).set("enable.idempotence", "true").set("acks", "all");
+        for (k, v) in settings {
+            config.set(*k, *v);
+        }
+        let producer: rdkafka::producer::FutureProducer = config.create()?;
+        let warm = rdkafka::producer::FutureRecord::to(topic).payload("warm-up").key("warm-up");
+        producer.send(warm, Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+        Ok(producer)
+    }
+
     /// Whether any event is still pending.
     pub async fn pending(&self, config: &OutboxConfig) -> anyhow::Result<bool> {
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {}.outbox)", config.schema());

@@ -2,14 +2,12 @@
 //! idempotent producer's throughput, and P, raw PostgreSQL single-row insert
 //! transactions per second at 16 connections.
 
-use std::time::{Duration, Instant};
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureRecord;
 
 use crate::env::{key, payload, percentile, Env};
 
@@ -20,18 +18,8 @@ use crate::env::{key, payload, percentile, Env};
 pub async fn raw_producer(env: &Env, n: usize, keys: usize) -> anyhow::Result<f64> {
     let n = n.max(200_000);
     let topic = env.topic("raw", 6).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    producer
-        .send(FutureRecord::to(&topic).payload("warm-up").key("warm-up"), Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| e)?;
+    let settings = [("linger.ms", "5"), ("batch.num.messages", "10000"), ("queue.buffering.max.messages", "1000000")];
+    let producer = env.warm_producer(&topic, &settings).await?;
     let payloads: Vec<String> = (0..n).map(|i| payload(i).to_string()).collect();
     let keys: Vec<String> = (0..n).map(|i| key(i, keys)).collect();
     let mut runs = Vec::new();
@@ -107,16 +95,7 @@ pub struct RawLatency {
 /// as in S3.
 pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<RawLatency> {
     let topic = env.topic("rawlat", 6).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .create()?;
-    producer
-        .send(FutureRecord::to(&topic).payload("warm-up").key("warm-up"), Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| e)?;
+    let producer = env.warm_producer(&topic, &[("linger.ms", "1")]).await?;
     let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let reader = {
         let (brokers, topic, received) = (env.brokers.clone(), topic.clone(), received.clone());

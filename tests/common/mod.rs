@@ -178,6 +178,12 @@ impl RelayProcess {
         RelayProcess { child: cmd.spawn().unwrap(), http_port, log }
     }
 
+    /// Whether the process is stopped (SIGSTOP).
+    pub fn is_stopped(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T'))
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
