@@ -59,7 +59,11 @@ async fn late_commit_is_not_skipped() {
     // The later rows get published while the early sequence number is open.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let published = world.read_topic(50);
-    assert!(early_ids.iter().all(|id| published.iter().any(|r| r.id == *id)), "later rows not published meanwhile");
+    assert!(
+        early_ids.iter().all(|id| published.iter().any(|r| r.id == *id)),
+        "later rows not published meanwhile: {} of 50 read back",
+        published.len()
+    );
     assert!(!published.iter().any(|r| r.id == late.id()));
 
     slow.commit().await.unwrap();

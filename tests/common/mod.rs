@@ -283,12 +283,25 @@ pub fn read_topic(brokers: &str, topic: &str, expect: usize, max: Duration) -> V
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    // Metadata can come back without partitions for a moment: ask again
+    // rather than read nothing.
+    let asked = Instant::now();
+    let partitions: Vec<i32> = loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let ids: Vec<i32> =
+            metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+        if !ids.is_empty() || asked.elapsed() > Duration::from_secs(10) {
+            break ids;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!partitions.is_empty(), "topic {topic} has no partitions in the broker's metadata");
     let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let start = Instant::now();
