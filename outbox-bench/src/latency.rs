@@ -96,6 +96,7 @@ fn relay_thread(
     poll: Duration,
     shutdown: CancellationToken,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let notify = config.notify();
     let (url, brokers) = (env.database_url.clone(), env.brokers.clone());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -103,15 +104,23 @@ fn relay_thread(
             let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
             let publisher = Timed { inner: KafkaPublisher::new(KafkaPublisherConfig::new(brokers))?, confirmed };
             let relay_config = RelayConfig { poll_interval: poll, ..RelayConfig::default() };
-            Relay::new(PgStore::new(pool, &config), publisher, relay_config)?.run(shutdown).await?;
+            let relay = Relay::new(PgStore::new(pool.clone(), &config), publisher, relay_config)?;
+            if notify {
+                tokio::spawn(outbox_core::listen_for_wakeups(pool, &config, relay.waker(), shutdown.clone()));
+            }
+            relay.run(shutdown).await?;
             Ok(())
         })
     })
 }
 
-/// `poll` is the relay's poll interval (its default is 10 ms).
-pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration) -> anyhow::Result<Latency> {
-    let (config, outbox) = env.outbox("latency").await?;
+/// `poll` is the relay's poll interval (its default is 10 ms); with
+/// `notify`, writers send a wake-up with each event and the relay listens
+/// (`--wakeup notify`).
+pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration, notify: bool) -> anyhow::Result<Latency> {
+    let (config, _) = env.outbox("latency").await?;
+    let config = config.with_notify(notify);
+    let outbox = outbox_core::Outbox::new(config.clone());
     let topic = env.topic("latency", 6).await?;
     let committed: Clock = Arc::default();
     let confirmed: Clock = Arc::default();

@@ -106,8 +106,8 @@ async fn main() -> anyhow::Result<()> {
         rows.push((
             "S1 write path, 16 writers".into(),
             format!(
-                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 +{:.2} ms, p99 +{:.2} ms; control, a second order row instead: {:.0} tx/s, {:.1} % slower",
-                w.plain.tps, w.plain.p50_ms, w.with_outbox.tps, w.with_outbox.p50_ms, w.overhead_pct, w.p50_added_ms, w.p99_added_ms, w.second_row.tps, w.second_row_pct
+                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 +{:.2} ms, p99 +{:.2} ms; control, a second order row instead: {:.0} tx/s, {:.1} % slower; event + NOTIFY (--wakeup notify): {:.0} tx/s, {:.1} % slower",
+                w.plain.tps, w.plain.p50_ms, w.with_outbox.tps, w.with_outbox.p50_ms, w.overhead_pct, w.p50_added_ms, w.p99_added_ms, w.second_row.tps, w.second_row_pct, w.with_notify.tps, w.notify_pct
             ),
         ));
         write_overhead = Some(w);
@@ -155,21 +155,26 @@ async fn main() -> anyhow::Result<()> {
                 floor.ack_p50_ms, floor.ack_p99_ms, floor.receipt_p50_ms, floor.receipt_p99_ms
             ),
         ));
-        let l = latency::steady(&env, 1000.0, sizes.seconds, args.s3_poll_interval).await?;
+        let l = latency::steady(&env, 1000.0, sizes.seconds, args.s3_poll_interval, false).await?;
         rows.push(latency_row(&l));
         // Half the most this machine sustains end to end: the lower of the
         // write path (one event per transaction, S1) and the drain (S2).
         let max =
             [write_overhead.map(|w| w.with_outbox.tps), one.map(|d| d.eps)].into_iter().flatten().reduce(f64::min);
         let half = if let Some(max) = max {
-            let h = latency::steady(&env, max / 2.0, sizes.seconds, args.s3_poll_interval).await?;
+            let h = latency::steady(&env, max / 2.0, sizes.seconds, args.s3_poll_interval, false).await?;
             let (name, value) = latency_row(&h);
             rows.push((format!("{name} (half of max {max:.0}/s)"), value));
             Some(h)
         } else {
             None
         };
-        results.insert("s3".into(), json!({ "floor": floor, "steady": &l, "half_max": half }));
+        // The same at 1,000/s with `--wakeup notify` (writers NOTIFY in
+        // their transaction, the relay LISTENs): no poll wait.
+        let woken = latency::steady(&env, 1000.0, sizes.seconds, args.s3_poll_interval, true).await?;
+        let (name, value) = latency_row(&woken);
+        rows.push((format!("{name} with --wakeup notify"), value));
+        results.insert("s3".into(), json!({ "floor": floor, "steady": &l, "half_max": half, "notify": woken }));
         if let Some(path) = &args.plot {
             let title = format!(
                 "Commit → broker confirmation at {:.0} events/s: p50 {:.1} ms, p99 {:.1} ms",

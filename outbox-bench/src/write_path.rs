@@ -28,6 +28,9 @@ pub struct WritePath {
     /// event (what any extra statement costs on this machine).
     pub second_row: WriteRun,
     pub second_row_pct: f64,
+    /// With one event and a wake-up (`OutboxConfig::with_notify`).
+    pub with_notify: WriteRun,
+    pub notify_pct: f64,
 }
 
 /// What a writer's transaction holds besides its order row.
@@ -35,11 +38,13 @@ pub struct WritePath {
 enum Extra {
     Nothing,
     Event,
+    EventNotify,
     SecondRow,
 }
 
 pub async fn run(env: &Env, duration: Duration) -> anyhow::Result<WritePath> {
-    let (_, outbox) = env.outbox("write").await?;
+    let (config, outbox) = env.outbox("write").await?;
+    let notifying = Outbox::new(config.with_notify(true));
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS bench_write.orders; \
          CREATE TABLE bench_write.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
@@ -51,13 +56,15 @@ pub async fn run(env: &Env, duration: Duration) -> anyhow::Result<WritePath> {
     let mut plain: Vec<WriteRun> = Vec::new();
     let mut with: Vec<WriteRun> = Vec::new();
     let mut second: Vec<WriteRun> = Vec::new();
+    let mut notify: Vec<WriteRun> = Vec::new();
     for _ in 0..2 {
         plain.push(variant(env, &outbox, Extra::Nothing, duration / 2).await?);
         with.push(variant(env, &outbox, Extra::Event, duration / 2).await?);
         second.push(variant(env, &outbox, Extra::SecondRow, duration / 2).await?);
+        notify.push(variant(env, &notifying, Extra::EventNotify, duration / 2).await?);
     }
     let best = |runs: &[WriteRun]| runs.iter().copied().max_by(|a, b| a.tps.total_cmp(&b.tps)).unwrap_or(runs[0]);
-    let (plain, with_outbox, second_row) = (best(&plain), best(&with), best(&second));
+    let (plain, with_outbox, second_row, with_notify) = (best(&plain), best(&with), best(&second), best(&notify));
     Ok(WritePath {
         plain,
         with_outbox,
@@ -66,6 +73,8 @@ pub async fn run(env: &Env, duration: Duration) -> anyhow::Result<WritePath> {
         p99_added_ms: with_outbox.p99_ms - plain.p99_ms,
         second_row,
         second_row_pct: (plain.tps - second_row.tps) / plain.tps * 100.0,
+        with_notify,
+        notify_pct: (plain.tps - with_notify.tps) / plain.tps * 100.0,
     })
 }
 
@@ -89,7 +98,7 @@ async fn variant(env: &Env, outbox: &Outbox, extra: Extra, duration: Duration) -
                     .await?;
                 match extra {
                     Extra::Nothing => {}
-                    Extra::Event => {
+                    Extra::Event | Extra::EventNotify => {
                         let m = Message::json("orders", "order.placed", &payload(i))?.with_key(customer);
                         outbox.enqueue(&mut *tx, &m).await?;
                     }
