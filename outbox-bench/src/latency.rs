@@ -101,10 +101,12 @@ fn relay_thread(
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(async move {
-            let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+            // Set up as the relay binary sets up its pool.
+            let options = outbox_core::queue_session_options(url.parse()?);
+            let pool = PgPoolOptions::new().max_connections(4).test_before_acquire(false).connect_with(options).await?;
             let publisher = Timed { inner: KafkaPublisher::new(KafkaPublisherConfig::new(brokers))?, confirmed };
             let relay_config = RelayConfig { poll_interval: poll, ..RelayConfig::default() };
-            let relay = Relay::new(PgStore::new(pool.clone(), &config), publisher, relay_config)?;
+            let relay = Relay::new(PgStore::new(pool.clone(), &config).with_queue_sessions(), publisher, relay_config)?;
             if notify {
                 tokio::spawn(outbox_core::listen_for_wakeups(pool, &config, relay.waker(), shutdown.clone()));
             }

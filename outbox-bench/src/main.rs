@@ -159,8 +159,8 @@ async fn main() -> anyhow::Result<()> {
         rows.push(latency_row(&l));
         // Half the most this machine sustains end to end: the lower of the
         // write path (one event per transaction, S1) and the drain (S2).
-        let max =
-            [write_overhead.map(|w| w.with_outbox.tps), one.map(|d| d.eps)].into_iter().flatten().reduce(f64::min);
+        // Needs S1 in the same run: the write path is what binds here.
+        let max = write_overhead.map(|w| one.map_or(w.with_outbox.tps, |d| w.with_outbox.tps.min(d.eps)));
         let half = if let Some(max) = max {
             let h = latency::steady(&env, max / 2.0, sizes.seconds, args.s3_poll_interval, false).await?;
             let (name, value) = latency_row(&h);

@@ -51,7 +51,7 @@ pub use inbox::{
 pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
 pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, Sending, TopicCreation};
 pub use relay::{BatchReport, PoisonPolicy, Relay, RelayConfig};
-pub use store::listen_for_wakeups;
+pub use store::{listen_for_wakeups, queue_session_options, QUEUE_SESSION_SETTINGS};
 pub use store::{
     DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, PgStore, Rebalance, RelayId, RetryLater, SlotLag,
 };

@@ -94,10 +94,14 @@ async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
     let url = db.database_url.as_deref().ok_or_else(|| config_error("DATABASE_URL (or --database-url) is required"))?;
     let options: sqlx::postgres::PgConnectOptions =
         url.parse().map_err(|e| config_error(format!("invalid database URL {}: {e}", redact_url(url))))?;
+    // A pool of its own: sessions start with the queue's planner settings,
+    // and a broken connection shows on use (and is retried), so no ping
+    // before each statement.
     PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(db.db_connect_timeout)
-        .connect_with(options)
+        .test_before_acquire(false)
+        .connect_with(outbox_core::queue_session_options(options))
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))
 }
@@ -112,7 +116,8 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     }
     require_migrated(&pool, &outbox).await?;
     let metrics = http::install_metrics()?;
-    let relay = Relay::new(PgStore::new(pool.clone(), &outbox), publisher, relay_config).map_err(config_error)?;
+    let store = PgStore::new(pool.clone(), &outbox).with_queue_sessions();
+    let relay = Relay::new(store, publisher, relay_config).map_err(config_error)?;
     let shutdown = CancellationToken::new();
     if args.wakeup == Wakeup::Notify {
         tokio::spawn(outbox_core::listen_for_wakeups(pool, &outbox, relay.waker(), shutdown.clone()));

@@ -17,7 +17,7 @@ use crate::error::Result;
 pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
 pub(crate) use postgres::PgSql;
-pub use postgres::{listen_for_wakeups, PgStore};
+pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
 
 /// An outbox row claimed by the relay for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::types::Json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, Rebalance, RelayId, RetryLater, SlotLag};
@@ -225,12 +227,14 @@ impl From<EventRow> for OutboxEvent {
 pub struct PgStore {
     pool: PgPool,
     sql: Arc<PgSql>,
+    /// The pool's sessions already carry [`QUEUE_SESSION_SETTINGS`].
+    pinned: bool,
 }
 
 impl PgStore {
     /// A store over `pool` for the tables named in `config`.
     pub fn new(pool: PgPool, config: &OutboxConfig) -> Self {
-        PgStore { pool, sql: Arc::new(PgSql::new(config)) }
+        PgStore { pool, sql: Arc::new(PgSql::new(config)), pinned: false }
     }
 
     /// The pool.
@@ -238,7 +242,16 @@ impl PgStore {
         &self.pool
     }
 
-    /// A transaction for the queue's statements, with index paths only.
+    /// Declares that every session of the pool was opened with
+    /// [`queue_session_options`]: the queue's statements then run as single
+    /// statements (one round trip) instead of in a transaction that sets
+    /// the planner settings first (four).
+    pub fn with_queue_sessions(mut self) -> Self {
+        self.pinned = true;
+        self
+    }
+
+    /// A session for the queue's statements, with index paths only.
     ///
     /// They must walk the primary key: claims in sequence order, settles by
     /// sequence number. A plan chosen or cached while the outbox was nearly
@@ -246,7 +259,10 @@ impl PgStore {
     /// seconds per statement once a burst arrives, until autovacuum analyzes
     /// the table; seen here draining at 4,000 instead of 50,000 events/s.
     /// JIT stays off too: the penalties would otherwise switch it on.
-    async fn queue_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    async fn queue_session(&self) -> Result<QueueSession> {
+        if self.pinned {
+            return Ok(QueueSession::Pinned(self.pool.acquire().await?));
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true), \
@@ -254,7 +270,48 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Ok(tx)
+        Ok(QueueSession::Tx(tx))
+    }
+}
+
+/// Planner settings under which the queue's statements can only take the
+/// plans they are written for (see [`PgStore::with_queue_sessions`]).
+pub const QUEUE_SESSION_SETTINGS: [(&str, &str); 4] =
+    [("enable_seqscan", "off"), ("enable_bitmapscan", "off"), ("enable_sort", "off"), ("jit", "off")];
+
+/// Connection options for a pool dedicated to a relay: every session starts
+/// with [`QUEUE_SESSION_SETTINGS`] (sent at connection start-up, no extra
+/// round trip). Use the pool with [`PgStore::with_queue_sessions`], and not
+/// for the application's own queries.
+///
+/// ```
+/// let options: sqlx::postgres::PgConnectOptions = "postgres://localhost/app".parse().unwrap();
+/// let options = outbox_core::queue_session_options(options);
+/// ```
+pub fn queue_session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options(QUEUE_SESSION_SETTINGS)
+}
+
+/// Where a queue statement runs: a session already set up, or a
+/// transaction that sets the planner settings first.
+enum QueueSession {
+    Pinned(PoolConnection<Postgres>),
+    Tx(Transaction<'static, Postgres>),
+}
+
+impl QueueSession {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            QueueSession::Pinned(c) => c,
+            QueueSession::Tx(tx) => tx,
+        }
+    }
+
+    async fn finish(self) -> Result<()> {
+        if let QueueSession::Tx(tx) = self {
+            tx.commit().await?;
+        }
+        Ok(())
     }
 }
 
@@ -274,10 +331,10 @@ fn fences<'a>(items: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<i32>, Ve
 impl OutboxStore for PgStore {
     async fn claim(&self, owner: RelayId, limit: usize, in_flight: &[i64]) -> Result<Vec<OutboxEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut tx = self.queue_tx().await?;
+        let mut tx = self.queue_session().await?;
         let mut rows: Vec<EventRow> =
-            sqlx::query_as(&self.sql.claim).bind(limit).bind(owner).bind(in_flight).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+            sqlx::query_as(&self.sql.claim).bind(limit).bind(owner).bind(in_flight).fetch_all(tx.conn()).await?;
+        tx.finish().await?;
         rows.sort_unstable_by_key(|r| r.seq);
         Ok(rows.into_iter().map(OutboxEvent::from).collect())
     }
@@ -288,9 +345,9 @@ impl OutboxStore for PgStore {
         }
         let (seqs, slots, epochs) = fences(done.iter());
         let sql = if retain { &self.sql.mark_retain } else { &self.sql.mark };
-        let mut tx = self.queue_tx().await?;
-        let done = sqlx::query(sql).bind(owner).bind(seqs).bind(slots).bind(epochs).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let mut tx = self.queue_session().await?;
+        let done = sqlx::query(sql).bind(owner).bind(seqs).bind(slots).bind(epochs).execute(tx.conn()).await?;
+        tx.finish().await?;
         Ok(done.rows_affected())
     }
 
@@ -301,7 +358,7 @@ impl OutboxStore for PgStore {
         let (seqs, slots, epochs) = fences(failures.iter().map(|f| &f.fence));
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         let delays: Vec<f64> = failures.iter().map(|f| f.retry_after.as_secs_f64()).collect();
-        let mut tx = self.queue_tx().await?;
+        let mut tx = self.queue_session().await?;
         let done = sqlx::query(&self.sql.retry_later)
             .bind(owner)
             .bind(seqs)
@@ -309,9 +366,9 @@ impl OutboxStore for PgStore {
             .bind(epochs)
             .bind(errors)
             .bind(delays)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-        tx.commit().await?;
+        tx.finish().await?;
         Ok(done.rows_affected())
     }
 
@@ -321,7 +378,7 @@ impl OutboxStore for PgStore {
         }
         let (seqs, slots, epochs) = fences(rows.iter().map(|r| &r.fence));
         let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
-        let mut tx = self.queue_tx().await?;
+        let mut tx = self.queue_session().await?;
         let done = sqlx::query(&self.sql.dead_letter)
             .bind(owner)
             .bind(seqs)
@@ -329,9 +386,9 @@ impl OutboxStore for PgStore {
             .bind(epochs)
             .bind(errors)
             .bind(quarantine)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-        tx.commit().await?;
+        tx.finish().await?;
         Ok(done.rows_affected())
     }
 
