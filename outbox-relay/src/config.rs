@@ -143,6 +143,11 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "10ms", value_parser = parse_positive_duration)]
     pub poll_interval: Duration,
 
+    /// Pause after a claim that found fewer events than a batch: events are
+    /// flowing, so claim again soon (capped at --poll-interval).
+    #[arg(long, env = "OUTBOX_BUSY_POLL_INTERVAL", default_value = "2ms", value_parser = parse_positive_duration)]
+    pub busy_poll_interval: Duration,
+
     /// First delay after a failed delivery (doubles per attempt, with jitter).
     #[arg(long, env = "OUTBOX_RETRY_MIN_DELAY", default_value = "200ms", value_parser = parse_positive_duration)]
     pub retry_min_delay: Duration,
@@ -227,6 +232,7 @@ impl RunArgs {
         RelayConfig {
             batch_size: self.batch_size as usize,
             poll_interval: self.poll_interval,
+            busy_poll_interval: self.busy_poll_interval,
             pipeline_depth: self.pipeline_depth as usize,
             retry_min_delay: self.retry_min_delay,
             retry_max_delay: self.retry_max_delay,

@@ -21,6 +21,10 @@ pub struct RelayConfig {
     pub batch_size: usize,
     /// Pause after finding no work.
     pub poll_interval: Duration,
+    /// Pause after a claim that found some work but less than a full batch:
+    /// events are flowing, so the next one is likely close (never longer
+    /// than `poll_interval`).
+    pub busy_poll_interval: Duration,
     /// Batches in flight at once: while the broker confirms one batch, the
     /// relay claims and sends the next ones (1 waits for each batch to be
     /// confirmed and marked before claiming the next).
@@ -67,6 +71,7 @@ impl Default for RelayConfig {
         RelayConfig {
             batch_size: 1000,
             poll_interval: Duration::from_millis(10),
+            busy_poll_interval: Duration::from_millis(2),
             pipeline_depth: 4,
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
@@ -91,8 +96,8 @@ impl RelayConfig {
         if self.pipeline_depth == 0 || self.pipeline_depth > 64 {
             return bad("pipeline depth must be between 1 and 64");
         }
-        if self.poll_interval.is_zero() {
-            return bad("poll interval must be above zero");
+        if self.poll_interval.is_zero() || self.busy_poll_interval.is_zero() {
+            return bad("poll intervals must be above zero");
         }
         if self.retry_min_delay.is_zero() || self.retry_min_delay > self.retry_max_delay {
             return bad("retry delays must satisfy 0 < min <= max");

@@ -140,8 +140,11 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 match self.store.claim(self.id, self.config.batch_size, &pipeline.seqs()).await {
                     Ok(events) => {
                         error_streak = 0;
-                        if events.len() < self.config.batch_size {
+                        if events.is_empty() {
                             next_claim = Instant::now() + self.config.poll_interval;
+                        } else if events.len() < self.config.batch_size {
+                            let busy = self.config.busy_poll_interval.min(self.config.poll_interval);
+                            next_claim = Instant::now() + busy;
                         }
                         if !events.is_empty() {
                             self.send(&mut pipeline, events).await;
