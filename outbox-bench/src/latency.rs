@@ -18,7 +18,8 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::env::{key, payload, percentile, Env};
 
-type Clock = Arc<Mutex<HashMap<String, Instant>>>;
+/// When each event (by id) was seen.
+pub type Clock = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// Percentiles of one latency, in ms.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,7 +32,8 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> anyhow::Result<Spread> {
+    /// Per event seen in `from`, the time until it was seen in `to`.
+    pub fn of(from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> anyhow::Result<Spread> {
         let mut ms: Vec<f64> = from
             .iter()
             .filter_map(|(id, a)| to.get(id).map(|b| b.saturating_duration_since(*a).as_secs_f64() * 1000.0))
@@ -129,10 +131,7 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration, no
     let received: Clock = Arc::default();
     let shutdown = CancellationToken::new();
     let relay = relay_thread(env, config, confirmed.clone(), poll, shutdown.clone());
-    let reader = {
-        let (brokers, topic, received) = (env.brokers.clone(), topic.clone(), received.clone());
-        std::thread::spawn(move || read(&brokers, &topic, &received, duration + Duration::from_secs(10)))
-    };
+    let reader = spawn_reader(env, &topic, &received, duration + Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await; // relay joined, reader assigned
     let start = Instant::now();
     let mut sent = 0usize;
@@ -172,6 +171,17 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration, no
         confirm: Spread::of(&committed, &confirmed)?,
         receipt: Spread::of(&committed, &received)?,
     })
+}
+
+/// Runs [`read`] on its own thread for `until`.
+pub fn spawn_reader(
+    env: &Env,
+    topic: &str,
+    received: &Clock,
+    until: Duration,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let (brokers, topic, received) = (env.brokers.clone(), topic.to_owned(), received.clone());
+    std::thread::spawn(move || read(&brokers, &topic, &received, until))
 }
 
 /// Records when each event (by `ce_id`) is first received from `topic`.

@@ -3,7 +3,6 @@
 //! transactions per second at 16 connections.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -96,11 +95,8 @@ pub struct RawLatency {
 pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<RawLatency> {
     let topic = env.topic("rawlat", 6).await?;
     let producer = env.warm_producer(&topic, &[("linger.ms", "1")]).await?;
-    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let reader = {
-        let (brokers, topic, received) = (env.brokers.clone(), topic.clone(), received.clone());
-        std::thread::spawn(move || crate::latency::read(&brokers, &topic, &received, duration + Duration::from_secs(8)))
-    };
+    let received: crate::latency::Clock = Default::default();
+    let reader = crate::latency::spawn_reader(env, &topic, &received, duration + Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(2)).await; // reader assigned
     let start = Instant::now();
     let mut sent = 0usize;
@@ -131,18 +127,13 @@ pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Re
     }
     reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
-    let mut receipts: Vec<f64> = sent_at
-        .iter()
-        .filter_map(|(id, t)| received.get(id).map(|r| r.saturating_duration_since(*t).as_secs_f64() * 1000.0))
-        .collect();
-    anyhow::ensure!(receipts.len() == sent_at.len(), "{} of {} events received", receipts.len(), sent_at.len());
+    let receipts = crate::latency::Spread::of(&sent_at, &received)?;
     acks.sort_by(f64::total_cmp);
-    receipts.sort_by(f64::total_cmp);
     Ok(RawLatency {
         rate,
         ack_p50_ms: percentile(&acks, 50.0),
         ack_p99_ms: percentile(&acks, 99.0),
-        receipt_p50_ms: percentile(&receipts, 50.0),
-        receipt_p99_ms: percentile(&receipts, 99.0),
+        receipt_p50_ms: receipts.p50_ms,
+        receipt_p99_ms: receipts.p99_ms,
     })
 }
