@@ -72,7 +72,7 @@ impl Default for RelayConfig {
             batch_size: 1000,
             poll_interval: Duration::from_millis(10),
             busy_poll_interval: Duration::from_millis(2),
-            pipeline_depth: 4,
+            pipeline_depth: 1,
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
