@@ -36,8 +36,10 @@ mod inbox;
 pub mod lease;
 mod message;
 pub mod migrate;
+pub mod privileges;
 mod publish;
 mod relay;
+pub mod secrets;
 mod store;
 pub mod trace;
 

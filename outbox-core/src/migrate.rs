@@ -55,8 +55,9 @@ const MIGRATIONS: &[Migration] = &[
 pub const LATEST_VERSION: i64 = 6;
 
 /// Renders a migration's SQL for `config`'s (checked) identifiers.
-fn render(sql: &str, config: &OutboxConfig) -> String {
-    sql.replace("{outbox_name}", config.outbox_table().as_str())
+pub(crate) fn render(sql: &str, config: &OutboxConfig) -> String {
+    sql.replace("{migrations}", &config.qualified_suffix(config.outbox_table(), "migrations"))
+        .replace("{outbox_name}", config.outbox_table().as_str())
         .replace("{inbox_name}", config.inbox_table().as_str())
         .replace("{dead_letter_name}", config.dead_letter_table().as_str())
         .replace("{outbox}", &config.qualified(config.outbox_table()))

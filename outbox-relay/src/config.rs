@@ -1,9 +1,11 @@
 //! Command line and environment configuration of the relay.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use outbox_core::secrets::is_secret_setting;
 use outbox_core::{KafkaPublisherConfig, OutboxConfig, PoisonPolicy, RelayConfig, TopicCreation};
 
 /// Drains a transactional outbox into Kafka.
@@ -38,6 +40,23 @@ pub enum Command {
     /// Inspect, retry or discard dead-lettered events.
     #[command(subcommand)]
     DeadLetters(crate::admin::DeadLetterCommand),
+    /// Print the least-privilege GRANT statements for this outbox (run them
+    /// as the tables' owner after `migrate`); needs no database.
+    Grants(GrantsArgs),
+}
+
+/// Roles of `grants`.
+#[derive(Debug, Args)]
+pub struct GrantsArgs {
+    /// The application's role: may only insert events.
+    #[arg(long)]
+    pub app_role: String,
+    /// The relay's role.
+    #[arg(long)]
+    pub relay_role: String,
+    /// An idempotent consumer's role (its inbox tables).
+    #[arg(long)]
+    pub consumer_role: String,
 }
 
 /// Wake-up mechanism.
@@ -72,7 +91,7 @@ pub enum LogFormat {
 pub struct DbArgs {
     /// PostgreSQL connection URL (postgres://user:password@host:port/db).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
 
     /// Schema holding the outbox tables.
     #[arg(long, env = "OUTBOX_SCHEMA", default_value = "outbox", global = true)]
@@ -128,7 +147,7 @@ pub struct RunArgs {
     /// In the environment: comma-separated list. Values are never logged.
     /// enable.idempotence, acks and message.timeout.ms cannot be weakened.
     #[arg(short = 'X', long = "kafka-config", env = "OUTBOX_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value, hide_env_values = true)]
-    pub kafka_config: Vec<(String, String)>,
+    pub kafka_config: Vec<KafkaSetting>,
 
     /// Most events claimed and published per batch.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -256,14 +275,47 @@ impl RunArgs {
             .then_some(TopicCreation { partitions: self.topic_partitions, replication: self.topic_replication });
         self.kafka_config
             .iter()
-            .fold(KafkaPublisherConfig::new(&self.kafka_brokers), |c, (k, v)| c.with_setting(k, v))
+            .fold(KafkaPublisherConfig::new(&self.kafka_brokers), |c, s| c.with_setting(&s.key, &s.value))
             .with_topic_creation(creation)
     }
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+/// A PostgreSQL URL; `Debug` masks its password.
+#[derive(Clone)]
+pub struct DatabaseUrl(pub String);
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+/// One librdkafka setting; `Debug` masks secret values (passwords, keys).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaSetting {
+    /// Setting name.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+}
+
+impl fmt::Debug for KafkaSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = if is_secret_setting(&self.key) { "***" } else { &self.value };
+        write!(f, "{}={value}", self.key)
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<KafkaSetting, String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        Some((k, v)) if !k.trim().is_empty() => Ok(KafkaSetting { key: k.trim().to_owned(), value: v.to_owned() }),
         _ => Err(format!("expected key=value, got {:?}", s.split_once('=').map_or(s, |(k, _)| k))),
     }
 }
@@ -276,40 +328,33 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The URL with any password replaced by `***`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparseable database url>".to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info.split(':').next().unwrap_or_default();
-            format!("{user}:***@{host}")
-        }
-        None => authority.to_owned(),
-    };
-    let path = path.split('?').next().unwrap_or_default();
-    format!("{scheme}://{authority}{path}")
-}
+pub use outbox_core::secrets::redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/orders?sslmode=require"),
-            "postgres://app:***@db:5432/orders"
-        );
-        assert_eq!(redact_url("postgres://db/orders"), "postgres://db/orders");
-        assert!(!redact_url("postgres://u:p@w@h/d").contains("p@w"));
+    fn debug_output_shows_no_secrets() {
+        let cli = Cli::try_parse_from([
+            "outbox-relay",
+            "--database-url",
+            "postgres://app:s3cret-pw@db/orders",
+            "run",
+            "-X",
+            "sasl.password=sasl-s3cret",
+            "-X",
+            "linger.ms=3",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cret-pw") && !shown.contains("sasl-s3cret"), "{shown}");
+        assert!(shown.contains("app:***@db") && shown.contains("linger.ms"), "{shown}");
     }
 
     #[test]
     fn key_values_parse() {
-        assert_eq!(parse_key_value("a.b=c=d"), Ok(("a.b".into(), "c=d".into())));
+        assert_eq!(parse_key_value("a.b=c=d"), Ok(KafkaSetting { key: "a.b".into(), value: "c=d".into() }));
         assert!(parse_key_value("novalue").is_err());
         assert!(parse_key_value("=v").is_err());
     }

@@ -85,13 +85,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             require_migrated(&pool, &outbox).await?;
             admin::replay(&OutboxAdmin::new(pool, &outbox), &args).await
         }
+        Some(Command::Grants(args)) => {
+            let roles = outbox_core::privileges::Roles {
+                app: outbox_core::Ident::new(args.app_role).map_err(config_error)?,
+                relay: outbox_core::Ident::new(args.relay_role).map_err(config_error)?,
+                consumer: outbox_core::Ident::new(args.consumer_role).map_err(config_error)?,
+            };
+            print!("{}", outbox_core::privileges::grants_sql(&outbox, &roles));
+            Ok(())
+        }
         Some(Command::Run(args)) => relay(&cli.db, outbox, *args).await,
         None => relay(&cli.db, outbox, RunArgs::from_env()).await,
     }
 }
 
 async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
-    let url = db.database_url.as_deref().ok_or_else(|| config_error("DATABASE_URL (or --database-url) is required"))?;
+    let url = db
+        .database_url
+        .as_ref()
+        .map(|u| u.0.as_str())
+        .ok_or_else(|| config_error("DATABASE_URL (or --database-url) is required"))?;
     let options: sqlx::postgres::PgConnectOptions =
         url.parse().map_err(|e| config_error(format!("invalid database URL {}: {e}", redact_url(url))))?;
     // A pool of its own: sessions start with the queue's planner settings,
@@ -111,8 +124,16 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     relay_config.validate().map_err(config_error)?;
     let publisher = KafkaPublisher::new(args.kafka_config()).map_err(config_error)?;
     let pool = connect(db).await?;
+    warn_if_unencrypted(db, &args);
     if args.migrate {
         migrate::migrate(&pool, &outbox).await.context("migration failed")?;
+    }
+    let missing = outbox_core::privileges::missing_for_relay(&pool, &outbox).await?;
+    if !missing.is_empty() {
+        return Err(config_error(format!(
+            "the database role lacks privileges the relay needs: {}; `outbox-relay grants` prints them",
+            missing.join(", ")
+        )));
     }
     require_migrated(&pool, &outbox).await?;
     let metrics = http::install_metrics()?;
@@ -144,6 +165,33 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     };
     http_shutdown.cancel();
     result
+}
+
+/// Warns when the relay talks to a non-loopback database or broker without
+/// TLS (credentials and events would cross the network in the clear).
+fn warn_if_unencrypted(db: &DbArgs, args: &RunArgs) {
+    let remote = |host: &str| {
+        let host = host.trim().trim_start_matches('[').split(']').next().unwrap_or_default();
+        !(host.is_empty() || host == "localhost" || host.starts_with("127.") || host == "::1" || host.starts_with('/'))
+    };
+    if let Some(url) = &db.database_url {
+        let after_at = url.0.split_once("://").map_or("", |(_, r)| r);
+        let authority = after_at.split(['/', '?']).next().unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let encrypted =
+            ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| url.0.contains(m));
+        if remote(host) && !encrypted {
+            tracing::warn!(database = %redact_url(&url.0), "database connection may be unencrypted: set sslmode=verify-full");
+        }
+    }
+    let protocol =
+        args.kafka_config.iter().rev().find(|s| s.key == "security.protocol").map(|s| s.value.to_ascii_lowercase());
+    let encrypted = matches!(protocol.as_deref(), Some("ssl" | "sasl_ssl"));
+    let any_remote = args.kafka_brokers.split(',').any(|b| remote(b.rsplit_once(':').map_or(b, |(h, _)| h)));
+    if any_remote && !encrypted {
+        tracing::warn!(brokers = %args.kafka_brokers, "Kafka connection is unencrypted: set -X security.protocol=SSL or SASL_SSL");
+    }
 }
 
 async fn require_migrated(pool: &PgPool, outbox: &OutboxConfig) -> anyhow::Result<()> {

@@ -37,8 +37,9 @@ use crate::config::OutboxConfig;
 use crate::error::{Error, Result};
 use crate::store::InboxSql;
 
-/// Configuration of an [`InboxConsumer`].
-#[derive(Debug, Clone)]
+/// Configuration of an [`InboxConsumer`]. Its `Debug` output masks secret
+/// librdkafka values (passwords, keys).
+#[derive(Clone)]
 pub struct ConsumerConfig {
     /// Kafka brokers.
     pub brokers: String,
@@ -63,6 +64,23 @@ pub struct ConsumerConfig {
     /// its own transaction). Only messages already received are batched:
     /// the consumer never waits to fill a batch.
     pub batch_size: usize,
+}
+
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("kafka_settings", &crate::secrets::Settings(&self.kafka_settings))
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_min_delay", &self.retry_min_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .field("inbox_horizon", &self.inbox_horizon)
+            .field("cleanup_interval", &self.cleanup_interval)
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
 }
 
 impl ConsumerConfig {
@@ -184,7 +202,7 @@ impl<H: Handler> InboxConsumer<H> {
         // The guarantee rests on these: never store an offset before the
         // inbox transaction committed.
         client.set("enable.auto.offset.store", "false").set("enable.auto.commit", "true");
-        let consumer: StreamConsumer = client.create()?;
+        let consumer: StreamConsumer = client.create().map_err(crate::secrets::scrub_kafka_error)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(InboxConsumer {

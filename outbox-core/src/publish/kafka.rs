@@ -45,12 +45,23 @@ pub struct TopicCreation {
 /// assert!(config.client_config().is_ok());
 /// assert!(KafkaPublisherConfig::new("localhost:9092").with_setting("acks", "1").client_config().is_err());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaPublisherConfig {
     brokers: String,
     settings: Vec<(String, String)>,
     create_topics: Option<TopicCreation>,
     metadata_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaPublisherConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisherConfig")
+            .field("brokers", &self.brokers)
+            .field("settings", &crate::secrets::Settings(&self.settings))
+            .field("create_topics", &self.create_topics)
+            .field("metadata_timeout", &self.metadata_timeout)
+            .finish()
+    }
 }
 
 /// Settings the relay sets and the user may not weaken, with accepted values.
@@ -145,7 +156,7 @@ impl KafkaPublisher {
     /// Builds the producer (no connection is made until first use).
     pub fn new(config: KafkaPublisherConfig) -> Result<Self> {
         let client_config = config.client_config()?;
-        let producer: FutureProducer = client_config.create()?;
+        let producer: FutureProducer = client_config.create().map_err(crate::secrets::scrub_kafka_error)?;
         let mut admin_config = ClientConfig::new();
         for (k, v) in client_config.config_map() {
             if !matches!(
@@ -160,7 +171,8 @@ impl KafkaPublisher {
                 admin_config.set(k, v);
             }
         }
-        let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
+        let admin: AdminClient<DefaultClientContext> =
+            admin_config.create().map_err(crate::secrets::scrub_kafka_error)?;
         Ok(KafkaPublisher {
             config,
             client_config,

@@ -1,0 +1,107 @@
+//! Least-privilege roles: the grants each role needs, and the check the
+//! relay runs before it starts.
+//!
+//! Three roles besides the owner that runs the migrations: the application
+//! (may only insert events), the relay (reads, marks, deletes and
+//! dead-letters events, keeps leases; no DDL) and an idempotent consumer
+//! (its inbox tables). [`grants_sql`] renders the grants for a configured
+//! outbox; `outbox-relay grants` prints them.
+
+use sqlx::PgPool;
+
+use crate::config::{Ident, OutboxConfig};
+use crate::error::Result;
+
+const GRANTS: &str = include_str!("../../migrations/postgres/grants.sql");
+
+/// The roles to grant to (checked identifiers, so the script is safe to run).
+#[derive(Debug, Clone)]
+pub struct Roles {
+    /// The application's role: `INSERT` on the outbox only.
+    pub app: Ident,
+    /// The relay's role.
+    pub relay: Ident,
+    /// An idempotent consumer's role.
+    pub consumer: Ident,
+}
+
+/// The `GRANT` statements for `config`'s tables and `roles`.
+///
+/// ```
+/// use outbox_core::privileges::{grants_sql, Roles};
+/// use outbox_core::{Ident, OutboxConfig};
+/// let roles = Roles { app: Ident::new("orders_app")?, relay: Ident::new("outbox_relay")?, consumer: Ident::new("billing")? };
+/// let sql = grants_sql(&OutboxConfig::default(), &roles);
+/// assert!(sql.contains(r#"GRANT INSERT ON "outbox"."outbox" TO "orders_app";"#));
+/// # Ok::<(), outbox_core::Error>(())
+/// ```
+pub fn grants_sql(config: &OutboxConfig, roles: &Roles) -> String {
+    crate::migrate::render(GRANTS, config)
+        .replace("{app_role}", &roles.app.quoted())
+        .replace("{relay_role}", &roles.relay.quoted())
+        .replace("{consumer_role}", &roles.consumer.quoted())
+}
+
+/// What the connected role lacks to run the relay, as readable lines
+/// (`DELETE on "outbox"."outbox"`); empty when it has everything. Tables
+/// that do not exist yet are not reported (migrations create them).
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> outbox_core::Result<()> {
+/// use outbox_core::{privileges, OutboxConfig};
+/// let missing = privileges::missing_for_relay(&pool, &OutboxConfig::default()).await?;
+/// assert!(missing.is_empty(), "the relay's role lacks: {}", missing.join(", "));
+/// # Ok(()) }
+/// ```
+pub async fn missing_for_relay(pool: &PgPool, config: &OutboxConfig) -> Result<Vec<String>> {
+    let schema = config.schema();
+    let usage: bool =
+        sqlx::query_scalar("SELECT has_schema_privilege($1, 'USAGE')").bind(schema.as_str()).fetch_one(pool).await?;
+    if !usage {
+        return Ok(vec![format!("USAGE on schema {}", schema.quoted())]);
+    }
+    let rw = "SELECT, INSERT, UPDATE, DELETE";
+    let outbox = config.outbox_table();
+    let tables = [
+        (config.qualified(outbox), rw),
+        (config.qualified(config.dead_letter_table()), rw),
+        (config.qualified_suffix(outbox, "published"), rw),
+        (config.qualified_suffix(outbox, "leases"), rw),
+        (config.qualified_suffix(outbox, "relays"), rw),
+        (config.qualified_suffix(outbox, "migrations"), "SELECT"),
+    ];
+    let mut missing = Vec::new();
+    for (table, privileges) in tables {
+        for privilege in privileges.split(", ") {
+            // A table not there yet is the migrations' business, not ours.
+            let has: Option<bool> = sqlx::query_scalar(
+                "SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE has_table_privilege($1, $2) END",
+            )
+            .bind(&table)
+            .bind(privilege)
+            .fetch_one(pool)
+            .await?;
+            if has == Some(false) {
+                missing.push(format!("{privilege} on {table}"));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_rendered() {
+        let roles = Roles {
+            app: Ident::new("app").unwrap(),
+            relay: Ident::new("relay").unwrap(),
+            consumer: Ident::new("consumer").unwrap(),
+        };
+        let sql = grants_sql(&OutboxConfig::default().with_schema("shop").unwrap(), &roles);
+        assert!(!sql.contains('{'), "{sql}");
+        assert!(sql.contains(r#"ON "shop"."outbox_migrations" TO "relay""#), "{sql}");
+    }
+}
