@@ -158,3 +158,39 @@ async fn unencrypted_remote_broker_is_warned_about() {
     }
     relay.sigkill();
 }
+
+#[test]
+fn hostile_names_are_refused_before_any_sql_is_printed() {
+    let hostile = [r#"app"; DROP SCHEMA public CASCADE; --"#, "App", "pg_read_all_data", "a b", ""];
+    for name in hostile {
+        for (flag, other) in [("--app-role", "--relay-role"), ("--relay-role", "--consumer-role")] {
+            let mut args = vec!["grants", flag, name, other, "ok_role"];
+            for (f, v) in [("--app-role", "a"), ("--relay-role", "r"), ("--consumer-role", "c")] {
+                if f != flag && f != other {
+                    args.extend([f, v]);
+                }
+            }
+            let out = relay_command(&args, "");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name:?}: {stderr}");
+            assert!(stderr.contains("invalid identifier"), "{name:?}: {stderr}");
+            assert!(out.stdout.is_empty(), "{name:?}: printed {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    let out = relay_command(
+        &[
+            "grants",
+            "--schema",
+            "x\"; DROP TABLE t; --",
+            "--app-role",
+            "a",
+            "--relay-role",
+            "r",
+            "--consumer-role",
+            "c",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
