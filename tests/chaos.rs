@@ -1,0 +1,532 @@
+//! The fault-injection suite (`./scripts/chaos`): real relays and consumers
+//! as processes, one fault at a time, then a Jepsen-style check of what
+//! reached the topic against what committed (DESIGN.md §2).
+//!
+//! ```text
+//! cargo test --test chaos                     # the quick subset (./scripts/test)
+//! cargo test --test chaos -- --all            # every scenario (./scripts/chaos)
+//! cargo test --test chaos -- --only relay-kill --seed 42
+//! ```
+//!
+//! Each scenario prints its seed and one line of counts; the last line is
+//! `chaos: P/N passed lost=… unexpected=… dup_effect=… order_violations=… stuck=…`
+//! and the exit status is non-zero if any scenario failed.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use outbox::{Message, Outbox};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What the harness's own connections call themselves (faults spare them).
+const HARNESS: &str = "outbox-chaos";
+
+type Scenario = fn(u64) -> Pin<Box<dyn Future<Output = Outcome>>>;
+
+/// Every scenario: (name, in the quick subset, runner).
+const SCENARIOS: &[(&str, bool, Scenario)] = &[
+    ("baseline", true, |s| Box::pin(baseline(s))),
+    ("relay-kill", true, |s| Box::pin(relay_kill(s))),
+    ("zombie-relay", false, |s| Box::pin(zombie_relay(s))),
+    ("three-relays", false, |s| Box::pin(three_relays(s))),
+    ("late-commits", true, |s| Box::pin(late_commits(s))),
+    ("db-connections-killed", false, |s| Box::pin(connections_killed(s))),
+    ("broker-unreachable", false, |s| Box::pin(broker_unreachable(s))),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let all = args.iter().any(|a| a == "--all");
+    // `--exact` is how cargo-nextest asks for one test by name.
+    let only: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i > 0 && (args[i - 1] == "--only" || args[i - 1] == "--exact"))
+        .map(|(_, a)| a)
+        .collect();
+    let seed: Option<u64> = value("--seed").map(|s| s.parse().expect("--seed takes a number"));
+    if args.iter().any(|a| a == "--list") {
+        // Test runners' listing: the quick subset as tests, the rest as ignored.
+        let ignored = args.iter().any(|a| a == "--ignored");
+        for (name, quick, _) in SCENARIOS {
+            if *quick != ignored {
+                println!("{name}: test");
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let chosen: Vec<&(&str, bool, Scenario)> = SCENARIOS
+        .iter()
+        .filter(|(name, quick, _)| if only.is_empty() { all || *quick } else { only.iter().any(|o| o == name) })
+        .collect();
+    assert!(
+        !chosen.is_empty(),
+        "no scenario matches {only:?}; names: {:?}",
+        SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let mut outcomes = Vec::new();
+    for (name, _, run) in chosen {
+        let seed = seed.unwrap_or_else(|| rand::rng().random());
+        println!("chaos: {name} seed={seed} (rerun: ./scripts/chaos --only {name} --seed {seed})");
+        let outcome = runtime.block_on(run(seed));
+        println!("{}", outcome.line());
+        outcomes.push(outcome);
+    }
+    let passed = outcomes.iter().filter(|o| o.passed()).count();
+    let sum = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
+    println!(
+        "chaos: {passed}/{} passed lost={} unexpected={} dup_effect={} order_violations={} stuck={}",
+        outcomes.len(),
+        sum(|o| o.lost),
+        sum(|o| o.unexpected),
+        sum(|o| o.dup_effect),
+        sum(|o| o.order_violations),
+        sum(|o| o.stuck),
+    );
+    if passed == outcomes.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The checker's counts for one scenario.
+#[derive(Debug, Default)]
+struct Outcome {
+    name: &'static str,
+    seed: u64,
+    seconds: f64,
+    attempted: usize,
+    committed: usize,
+    indeterminate: usize,
+    delivered: usize,
+    lost: usize,
+    unexpected: usize,
+    dup_topic: usize,
+    dup_effect: usize,
+    order_violations: usize,
+    stuck: usize,
+    /// Whether the fault was seen to act (a scenario whose fault did nothing
+    /// proves nothing).
+    fault_acted: bool,
+    note: String,
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        self.lost == 0
+            && self.unexpected == 0
+            && self.dup_effect == 0
+            && self.order_violations == 0
+            && self.stuck == 0
+            && self.committed > 0
+            && self.fault_acted
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<22} {} attempted={} committed={} indeterminate={} delivered={} lost={} unexpected={} dup_topic={} \
+             dup_effect={} order_violations={} stuck={} seed={} {:.1}s{}",
+            self.name,
+            if self.passed() { "ok  " } else { "FAIL" },
+            self.attempted,
+            self.committed,
+            self.indeterminate,
+            self.delivered,
+            self.lost,
+            self.unexpected,
+            self.dup_topic,
+            self.dup_effect,
+            self.order_violations,
+            self.stuck,
+            self.seed,
+            self.seconds,
+            if self.note.is_empty() { String::new() } else { format!(" ({})", self.note) }
+        )
+    }
+}
+
+/// How one write transaction ended, as far as the writer could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Committed,
+    RolledBack,
+    /// COMMIT was sent but its answer was lost: either.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct Written {
+    key: String,
+    n: i64,
+    id: Uuid,
+    fate: Fate,
+}
+
+/// The harness's pool: spared by connection faults.
+async fn harness_pool() -> PgPool {
+    let _ = pool().await; // creates the database if missing
+    let options: PgConnectOptions = database_url().parse().unwrap();
+    PgPoolOptions::new().max_connections(24).connect_with(options.application_name(HARNESS)).await.unwrap()
+}
+
+async fn world(brokers: Option<String>) -> World {
+    let mut world = World::with_brokers(6, brokers.unwrap_or_else(common::brokers)).await;
+    world.pool = harness_pool().await;
+    let s = &world.schema;
+    sqlx::query(&format!("CREATE TABLE IF NOT EXISTS \"{s}\".aggregates (key text PRIMARY KEY, n bigint NOT NULL)"))
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    world
+}
+
+/// One write transaction: lock the key's aggregate (so per-key commit order
+/// is the counter's order), enqueue one event, commit or roll back.
+async fn write_one(pool: &PgPool, outbox: &Outbox, world: &WorldRef, key: String, rollback: bool) -> Written {
+    let msg = Message::json(&world.topic, "chaos.event", &serde_json::json!({ "key": key })).unwrap().with_key(&key);
+    let id = msg.id();
+    let upsert = format!(
+        "INSERT INTO \"{}\".aggregates (key, n) VALUES ($1, 1) ON CONFLICT (key) DO UPDATE SET n = aggregates.n + 1 RETURNING n",
+        world.schema
+    );
+    let gone = |key: String| Written { key, n: -1, id, fate: Fate::RolledBack };
+    let Ok(mut tx) = pool.begin().await else { return gone(key) };
+    let Ok(n) = sqlx::query_scalar::<_, i64>(&upsert).bind(&key).fetch_one(&mut *tx).await else { return gone(key) };
+    if outbox.enqueue(&mut *tx, &msg).await.is_err() {
+        return gone(key);
+    }
+    if rollback {
+        let _ = tx.rollback().await;
+        return Written { key, n, id, fate: Fate::RolledBack };
+    }
+    let fate = match tx.commit().await {
+        Ok(()) => Fate::Committed,
+        Err(_) => Fate::Unknown,
+    };
+    Written { key, n, id, fate }
+}
+
+/// The parts of a world a writer task needs.
+#[derive(Clone)]
+struct WorldRef {
+    schema: String,
+    topic: String,
+}
+
+/// `writers` tasks writing `per_writer` transactions each over `keys` keys,
+/// one every `pace`, about `rollback_percent` of them rolled back. Writers
+/// use their own pool (connection faults hit them).
+async fn load(
+    world: &World,
+    seed: u64,
+    writers: usize,
+    per_writer: usize,
+    keys: usize,
+    rollback_percent: u32,
+    pace: Duration,
+) -> Vec<Written> {
+    let pool = PgPoolOptions::new().max_connections(writers as u32).connect(&database_url()).await.unwrap();
+    let wr = WorldRef { schema: world.schema.clone(), topic: world.topic.clone() };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (pool, outbox, wr) = (pool.clone(), world.outbox.clone(), wr.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
+            let mut done = Vec::with_capacity(per_writer);
+            for _ in 0..per_writer {
+                let key = format!("key-{}", rng.random_range(0..keys));
+                let rollback = rng.random_range(0..100) < rollback_percent;
+                done.push(write_one(&pool, &outbox, &wr, key, rollback).await);
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
+            }
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    pool.close().await;
+    all
+}
+
+/// Waits for the outbox to drain, reads the topic from offset 0, runs an
+/// idempotent consumer over it, and counts.
+async fn settle(world: &World, name: &'static str, seed: u64, started: Instant, writes: &[Written]) -> Outcome {
+    let mut o = Outcome { name, seed, attempted: writes.len(), ..Default::default() };
+    let drained_by = Instant::now() + Duration::from_secs(90);
+    let mut pending = world.pending().await;
+    while pending > 0 && Instant::now() < drained_by {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pending = world.pending().await;
+    }
+    o.stuck = usize::try_from(pending).unwrap_or(0);
+    let mut committed: HashMap<String, Vec<(i64, Uuid)>> = HashMap::new();
+    let mut rolled_back = HashSet::new();
+    let mut unknown = HashSet::new();
+    for w in writes {
+        match w.fate {
+            Fate::Committed => committed.entry(w.key.clone()).or_default().push((w.n, w.id)),
+            Fate::RolledBack => {
+                rolled_back.insert(w.id);
+            }
+            Fate::Unknown => {
+                unknown.insert(w.id);
+            }
+        }
+    }
+    let committed: HashMap<String, Vec<Uuid>> = committed
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_unstable();
+            (k, v.into_iter().map(|(_, id)| id).collect())
+        })
+        .collect();
+    o.committed = total(&committed);
+    o.indeterminate = unknown.len();
+    let records = world.read_topic(o.committed);
+    let records: Vec<Record> = records.into_iter().filter(|r| !unknown.contains(&r.id)).collect();
+    let c = check(&records, &committed, &rolled_back);
+    (o.delivered, o.lost, o.unexpected, o.dup_topic, o.order_violations) =
+        (c.delivered, c.lost, c.unexpected, c.dup_topic, c.order_violations);
+    // The consume side: every event in the topic applied once.
+    let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+    let (status, _) = run_consumer(world, &unique("chaos"), distinct.len(), None);
+    let (effects, distinct_effects) = effects(world).await;
+    o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
+    if !status.success() {
+        o.note = format!("consumer exited {status}");
+        o.dup_effect = o.dup_effect.max(1);
+    }
+    o.seconds = started.elapsed().as_secs_f64();
+    o
+}
+
+fn relays(world: &World, n: usize) -> Vec<RelayProcess> {
+    (0..n).map(|_| world.relay(&["--batch-size", "200"])).collect()
+}
+
+/// 1. Steady load plus a backlog written before any relay runs.
+async fn baseline(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let mut writes = load(&world, seed, 4, 400, 50, 0, Duration::ZERO).await;
+    let _relays = relays(&world, 2);
+    writes.extend(load(&world, seed ^ 1, 4, 250, 50, 10, Duration::from_millis(4)).await);
+    let mut o = settle(&world, "baseline", seed, started, &writes).await;
+    o.fault_acted = true;
+    o
+}
+
+/// Runs `writes` to completion while `fault` acts; `done` turns true once
+/// the writes are done (the fault's loop watches it).
+async fn during(
+    writes: impl Future<Output = Vec<Written>>,
+    done: &AtomicBool,
+    fault: impl Future<Output = ()>,
+) -> Vec<Written> {
+    let writing = async {
+        let w = writes.await;
+        done.store(true, Ordering::SeqCst);
+        w
+    };
+    let (w, ()) = tokio::join!(writing, fault);
+    w
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// 2. Relays SIGKILLed at random moments, one of them right after the
+/// broker confirmed a batch and before it was marked (failpoint).
+async fn relay_kill(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let start = |fail: bool| {
+        let env: &[(&str, &str)] = if fail { &[("OUTBOX_FAILPOINT", "relay-after-publish@3")] } else { &[] };
+        RelayProcess::start(&world.schema, &world.brokers, &["--batch-size", "100"], env)
+    };
+    let mut procs = vec![start(true), start(false)];
+    let (mut kills, mut aborted) = (0, 0);
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 400, 50, 10, Duration::from_millis(5)), &done, async {
+        let mut rng = StdRng::seed_from_u64(seed);
+        while !done.load(Ordering::SeqCst) {
+            sleep_ms(rng.random_range(300..1500)).await;
+            for p in procs.iter_mut() {
+                if let Ok(Some(_)) = p.child.try_wait() {
+                    aborted += 1;
+                    *p = start(false);
+                }
+            }
+            let victim = rng.random_range(0..procs.len());
+            let _ = procs[victim].child.kill();
+            let _ = procs[victim].child.wait();
+            kills += 1;
+            procs[victim] = start(false);
+        }
+    })
+    .await;
+    let mut o = settle(&world, "relay-kill", seed, started, &writes).await;
+    o.fault_acted = kills > 0 && aborted > 0;
+    o.note = format!("{kills} SIGKILLs, {aborted} aborts between confirmation and mark");
+    drop(procs);
+    o
+}
+
+/// 3. A relay stops itself right after a confirmation, before marking, stays
+/// stopped past its lease while the others take its slots, then resumes.
+async fn zombie_relay(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let zombie = RelayProcess::start(
+        &world.schema,
+        &world.brokers,
+        &["--batch-size", "100"],
+        &[("OUTBOX_FAILPOINT", "relay-after-publish@2:stop")],
+    );
+    let _others = relays(&world, 2);
+    let mut stopped_for = Duration::ZERO;
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 400, 50, 10, Duration::from_millis(5)), &done, async {
+        let waited = Instant::now();
+        while !zombie.is_stopped() && waited.elapsed() < Duration::from_secs(20) {
+            sleep_ms(50).await;
+        }
+        if zombie.is_stopped() {
+            let since = Instant::now();
+            sleep_ms(5_000).await; // lease timeout in tests: 3 s
+            zombie.signal("CONT");
+            stopped_for = since.elapsed();
+        }
+    })
+    .await;
+    let mut o = settle(&world, "zombie-relay", seed, started, &writes).await;
+    let fenced = zombie.log_text().contains("left alone rows of slots this relay no longer owns");
+    o.fault_acted = !stopped_for.is_zero() && fenced;
+    o.note = format!("stopped {:.1}s (lease 3s), its late marks fenced: {fenced}", stopped_for.as_secs_f64());
+    o
+}
+
+/// 4. Three relays, no faults.
+async fn three_relays(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let procs = relays(&world, 3);
+    let writes = load(&world, seed, 4, 500, 100, 10, Duration::from_millis(2)).await;
+    let mut o = settle(&world, "three-relays", seed, started, &writes).await;
+    let working = procs.iter().filter(|p| p.log_text().contains("slots rebalanced")).count();
+    o.fault_acted = working == 3;
+    o.note = format!("{working} relays held slots");
+    o
+}
+
+/// 5. Long transactions take their sequence numbers early and commit (or
+/// roll back) after later rows were published.
+async fn late_commits(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 2);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut late = Vec::new();
+    let mut open = Vec::new();
+    for i in 0..10 {
+        // Keys of their own: a late transaction holds its key's lock.
+        let key = format!("late-{i}");
+        let m = Message::json(&world.topic, "chaos.event", &serde_json::json!({ "late": i })).unwrap().with_key(&key);
+        let mut tx = world.pool.begin().await.unwrap();
+        world.outbox.enqueue(&mut *tx, &m).await.unwrap();
+        open.push((tx, key, m.id(), rng.random_range(0..100) < 30));
+    }
+    let mut writes = load(&world, seed, 4, 300, 50, 10, Duration::from_millis(3)).await;
+    let published_meanwhile = world.pending().await < i64::try_from(writes.len()).unwrap_or(i64::MAX);
+    for (tx, key, id, rollback) in open {
+        let fate = if rollback {
+            tx.rollback().await.unwrap();
+            Fate::RolledBack
+        } else {
+            tx.commit().await.unwrap();
+            Fate::Committed
+        };
+        late.push(Written { key, n: 1, id, fate });
+    }
+    writes.extend(late);
+    let mut o = settle(&world, "late-commits", seed, started, &writes).await;
+    o.fault_acted = published_meanwhile;
+    o
+}
+
+/// 6. Every database connection but the harness's terminated every second,
+/// writers' and relays' alike, COMMITs included.
+async fn connections_killed(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 2);
+    let mut terminated = 0i64;
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 300, 50, 10, Duration::from_millis(10)), &done, async {
+        while !done.load(Ordering::SeqCst) {
+            sleep_ms(1000).await;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity                  WHERE datname = current_database() AND backend_type = 'client backend'                  AND application_name <> $1 AND pid <> pg_backend_pid()) t",
+            )
+            .bind(HARNESS)
+            .fetch_one(&world.pool)
+            .await
+            .unwrap_or(0);
+            terminated += n;
+        }
+    })
+    .await;
+    let mut o = settle(&world, "db-connections-killed", seed, started, &writes).await;
+    o.fault_acted = terminated > 0;
+    o.note = format!("{terminated} connections terminated");
+    o
+}
+
+/// 8. The broker stops answering (SIGSTOP) for longer than a request
+/// timeout, then comes back.
+async fn broker_unreachable(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let Some(broker) = PrivateBroker::start() else {
+        let mut o = Outcome { name: "broker-unreachable", seed, ..Default::default() };
+        o.note = "needs the tansu binary to run a broker it can pause".into();
+        return o;
+    };
+    let world = world(Some(broker.brokers.clone())).await;
+    let _relays = relays(&world, 2);
+    let mut paused = Duration::ZERO;
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 300, 50, 10, Duration::from_millis(10)), &done, async {
+        sleep_ms(1500).await;
+        broker.pause();
+        let since = Instant::now();
+        sleep_ms(8000).await;
+        broker.resume();
+        paused = since.elapsed();
+    })
+    .await;
+    let mut o = settle(&world, "broker-unreachable", seed, started, &writes).await;
+    o.fault_acted = !paused.is_zero();
+    o.note = format!("broker paused {:.1}s", paused.as_secs_f64());
+    drop(broker);
+    o
+}
