@@ -323,7 +323,7 @@ fn relays(world: &World, n: usize) -> Vec<RelayProcess> {
     (0..n).map(|_| world.relay(&["--batch-size", "200"])).collect()
 }
 
-/// 1. Steady load plus a backlog written before any relay runs.
+/// Scenario 1: Steady load plus a backlog written before any relay runs.
 async fn baseline(seed: u64) -> Outcome {
     let started = Instant::now();
     let world = world(None).await;
@@ -355,7 +355,7 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// 2. Relays SIGKILLed at random moments, one of them right after the
+/// Scenario 2: Relays SIGKILLed at random moments, one of them right after the
 /// broker confirmed a batch and before it was marked (failpoint).
 async fn relay_kill(seed: u64) -> Outcome {
     let started = Instant::now();
@@ -392,7 +392,7 @@ async fn relay_kill(seed: u64) -> Outcome {
     o
 }
 
-/// 3. A relay stops itself right after a confirmation, before marking, stays
+/// Scenario 3: A relay stops itself right after a confirmation, before marking, stays
 /// stopped past its lease while the others take its slots, then resumes.
 async fn zombie_relay(seed: u64) -> Outcome {
     let started = Instant::now();
@@ -426,7 +426,7 @@ async fn zombie_relay(seed: u64) -> Outcome {
     o
 }
 
-/// 4. Three relays, no faults.
+/// Scenario 4: Three relays, no faults.
 async fn three_relays(seed: u64) -> Outcome {
     let started = Instant::now();
     let world = world(None).await;
@@ -439,7 +439,7 @@ async fn three_relays(seed: u64) -> Outcome {
     o
 }
 
-/// 5. Long transactions take their sequence numbers early and commit (or
+/// Scenario 5: Long transactions take their sequence numbers early and commit (or
 /// roll back) after later rows were published.
 async fn late_commits(seed: u64) -> Outcome {
     let started = Instant::now();
@@ -474,7 +474,7 @@ async fn late_commits(seed: u64) -> Outcome {
     o
 }
 
-/// 6. Every database connection but the harness's terminated every second,
+/// Scenario 6: Every database connection but the harness's terminated every second,
 /// writers' and relays' alike, COMMITs included.
 async fn connections_killed(seed: u64) -> Outcome {
     let started = Instant::now();
@@ -502,7 +502,7 @@ async fn connections_killed(seed: u64) -> Outcome {
     o
 }
 
-/// 8. The broker stops answering (SIGSTOP) for longer than a request
+/// Scenario 8: The broker stops answering (SIGSTOP) for longer than a request
 /// timeout, then comes back.
 async fn broker_unreachable(seed: u64) -> Outcome {
     let started = Instant::now();
