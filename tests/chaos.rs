@@ -44,6 +44,8 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("late-commits", true, |s| Box::pin(late_commits(s))),
     ("db-connections-killed", false, |s| Box::pin(connections_killed(s))),
     ("broker-unreachable", false, |s| Box::pin(broker_unreachable(s))),
+    ("consumer-crash", false, |s| Box::pin(consumer_crash(s))),
+    ("poison-events", false, |s| Box::pin(poison_events(s))),
 ];
 
 fn main() -> ExitCode {
@@ -270,6 +272,19 @@ async fn load(
 /// Waits for the outbox to drain, reads the topic from offset 0, runs an
 /// idempotent consumer over it, and counts.
 async fn settle(world: &World, name: &'static str, seed: u64, started: Instant, writes: &[Written]) -> Outcome {
+    settle_crashing(world, name, seed, started, writes, &[]).await.0
+}
+
+/// [`settle`], with the consumer first run (same group) under each of
+/// `crashes` failpoints in turn; also returns how many of those runs crashed.
+async fn settle_crashing(
+    world: &World,
+    name: &'static str,
+    seed: u64,
+    started: Instant,
+    writes: &[Written],
+    crashes: &[&str],
+) -> (Outcome, usize) {
     let mut o = Outcome { name, seed, attempted: writes.len(), ..Default::default() };
     let drained_by = Instant::now() + Duration::from_secs(90);
     let mut pending = world.pending().await;
@@ -308,7 +323,13 @@ async fn settle(world: &World, name: &'static str, seed: u64, started: Instant, 
         (c.delivered, c.lost, c.unexpected, c.dup_topic, c.order_violations);
     // The consume side: every event in the topic applied once.
     let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
-    let (status, _) = run_consumer(world, &unique("chaos"), distinct.len(), None);
+    let group = unique("chaos");
+    let mut crashed = 0;
+    for failpoint in crashes {
+        let (status, _) = run_consumer(world, &group, distinct.len(), Some(failpoint));
+        crashed += usize::from(!status.success());
+    }
+    let (status, _) = run_consumer(world, &group, distinct.len(), None);
     let (effects, distinct_effects) = effects(world).await;
     o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
     if !status.success() {
@@ -316,7 +337,7 @@ async fn settle(world: &World, name: &'static str, seed: u64, started: Instant, 
         o.dup_effect = o.dup_effect.max(1);
     }
     o.seconds = started.elapsed().as_secs_f64();
-    o
+    (o, crashed)
 }
 
 fn relays(world: &World, n: usize) -> Vec<RelayProcess> {
@@ -528,5 +549,47 @@ async fn broker_unreachable(seed: u64) -> Outcome {
     o.fault_acted = !paused.is_zero();
     o.note = format!("broker paused {:.1}s", paused.as_secs_f64());
     drop(broker);
+    o
+}
+
+/// Scenario 11: The idempotent consumer killed between its inbox commit and
+/// its offset commit, three times, then run to the end in the same group.
+async fn consumer_crash(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 1);
+    let writes = load(&world, seed, 4, 300, 50, 10, Duration::ZERO).await;
+    let crashes = ["inbox-after-commit@30", "inbox-after-commit@100", "inbox-after-commit@200"];
+    let (mut o, crashed) = settle_crashing(&world, "consumer-crash", seed, started, &writes, &crashes).await;
+    o.fault_acted = crashed == crashes.len();
+    o.note = format!("consumer aborted {crashed} times after its inbox commit, before its offset commit");
+    o
+}
+
+/// Scenario 12: Poison events (a topic that does not exist) among the load:
+/// they end in the dead-letter table, the rest flows.
+async fn poison_events(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 2);
+    let missing = unique("no_such_topic");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = Message::json(&missing, "chaos.poison", &serde_json::json!({ "i": i }))
+            .unwrap()
+            .with_key(format!("poison-{i}"));
+        world.outbox.enqueue(&world.pool, &m).await.unwrap();
+        ids.push(m.id());
+    }
+    let writes = load(&world, seed, 4, 300, 50, 10, Duration::from_millis(3)).await;
+    let mut o = settle(&world, "poison-events", seed, started, &writes).await;
+    let dead: HashSet<Uuid> = world.dead_letters().await.into_iter().map(|(id, _, _)| id).collect();
+    let expected: HashSet<Uuid> = ids.into_iter().collect();
+    o.fault_acted = dead == expected;
+    o.note = format!(
+        "{} of 5 poison events dead-lettered, {} other dead letters",
+        dead.intersection(&expected).count(),
+        dead.difference(&expected).count()
+    );
     o
 }

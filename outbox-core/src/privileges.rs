@@ -43,8 +43,8 @@ pub fn grants_sql(config: &OutboxConfig, roles: &Roles) -> String {
 }
 
 /// What the connected role lacks to run the relay, as readable lines
-/// (`DELETE on "outbox"."outbox"`); empty when it has everything. Tables
-/// that do not exist yet are not reported (migrations create them).
+/// (`DELETE on "outbox"."outbox"`); empty when it has everything. A schema
+/// or tables that do not exist yet are not reported (migrations create them).
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::PgPool) -> outbox_core::Result<()> {
@@ -55,10 +55,18 @@ pub fn grants_sql(config: &OutboxConfig, roles: &Roles) -> String {
 /// ```
 pub async fn missing_for_relay(pool: &PgPool, config: &OutboxConfig) -> Result<Vec<String>> {
     let schema = config.schema();
-    let usage: bool =
-        sqlx::query_scalar("SELECT has_schema_privilege($1, 'USAGE')").bind(schema.as_str()).fetch_one(pool).await?;
-    if !usage {
-        return Ok(vec![format!("USAGE on schema {}", schema.quoted())]);
+    // A schema not there yet is the migrations' business too.
+    let usage: Option<bool> = sqlx::query_scalar(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) \
+         THEN has_schema_privilege($1, 'USAGE') END",
+    )
+    .bind(schema.as_str())
+    .fetch_one(pool)
+    .await?;
+    match usage {
+        None => return Ok(Vec::new()),
+        Some(false) => return Ok(vec![format!("USAGE on schema {}", schema.quoted())]),
+        Some(true) => {}
     }
     let rw = "SELECT, INSERT, UPDATE, DELETE";
     let outbox = config.outbox_table();
