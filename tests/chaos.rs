@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::*;
 use outbox::{Message, Outbox};
 use rand::rngs::StdRng;
@@ -44,6 +45,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("late-commits", true, |s| Box::pin(late_commits(s))),
     ("db-connections-killed", false, |s| Box::pin(connections_killed(s))),
     ("broker-unreachable", false, |s| Box::pin(broker_unreachable(s))),
+    ("network-faults", false, |s| Box::pin(network_faults(s))),
     ("consumer-crash", false, |s| Box::pin(consumer_crash(s))),
     ("poison-events", false, |s| Box::pin(poison_events(s))),
 ];
@@ -591,5 +593,87 @@ async fn poison_events(seed: u64) -> Outcome {
         dead.intersection(&expected).count(),
         dead.difference(&expected).count()
     );
+    o
+}
+
+/// `host:port` of a database URL, and the URL with that part replaced.
+fn db_address(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, host) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+    let host = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
+    let rebuild = move |addr: &str| {
+        let user = if user.is_empty() { String::new() } else { format!("{user}@") };
+        format!("{scheme}://{user}{addr}{tail}")
+    };
+    (host, rebuild("{addr}"))
+}
+
+/// Scenario 10: The network between the relays and the database, and
+/// between the relays and the broker, cut (connections reset) and stalled
+/// (nothing flows for seconds) at random, through TCP proxies.
+async fn network_faults(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let (tansu_port, kafka_port, db_port) = (free_port(), free_port(), free_port());
+    let Some(broker) = PrivateBroker::start_advertised(tansu_port, kafka_port) else {
+        let mut o = Outcome { name: "network-faults", seed, ..Default::default() };
+        o.note = "needs the tansu binary to run a broker behind a proxy".into();
+        return o;
+    };
+    let kafka = Proxy::start(kafka_port, &format!("127.0.0.1:{tansu_port}")).await;
+    let (db_target, url_template) = db_address(&database_url());
+    let db = Proxy::start(db_port, &db_target).await;
+    let relay_url = url_template.replace("{addr}", &format!("127.0.0.1:{db_port}"));
+    let world = world(Some(broker.brokers.clone())).await;
+    let procs: Vec<RelayProcess> = (0..2)
+        .map(|_| {
+            RelayProcess::start(
+                &world.schema,
+                &world.brokers,
+                &["--batch-size", "200"],
+                &[("DATABASE_URL", &relay_url)],
+            )
+        })
+        .collect();
+    let mut faults: Vec<&str> = Vec::new();
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 600, 50, 10, Duration::from_millis(15)), &done, async {
+        let mut rng = StdRng::seed_from_u64(seed);
+        sleep_ms(1000).await;
+        // At least six faults, however fast the writers are.
+        while !done.load(Ordering::SeqCst) || faults.len() < 6 {
+            match rng.random_range(0..4) {
+                0 => {
+                    db.cut();
+                    faults.push("db-cut");
+                }
+                1 => {
+                    db.stall(true);
+                    sleep_ms(rng.random_range(1000..4000)).await;
+                    db.stall(false);
+                    faults.push("db-stall");
+                }
+                2 => {
+                    kafka.cut();
+                    faults.push("broker-cut");
+                }
+                _ => {
+                    kafka.stall(true);
+                    sleep_ms(rng.random_range(2000..8000)).await;
+                    kafka.stall(false);
+                    faults.push("broker-stall");
+                }
+            }
+            sleep_ms(rng.random_range(300..1500)).await;
+        }
+    })
+    .await;
+    let mut o = settle(&world, "network-faults", seed, started, &writes).await;
+    let cut = db.cut_connections() + kafka.cut_connections();
+    o.fault_acted = faults.len() >= 6 && cut > 0;
+    o.note = format!("{} faults ({}), {cut} connections cut", faults.len(), faults.join(" "));
+    drop(procs);
+    drop(broker);
     o
 }

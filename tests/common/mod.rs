@@ -3,6 +3,8 @@
 //! demo consumer as child processes, and a topic reader.
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -492,13 +494,20 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> Option<PrivateBroker> {
+        let port = free_port();
+        Self::start_advertised(port, port)
+    }
+
+    /// A broker listening on `port` that tells clients to connect to
+    /// `advertised` (a proxy in front of it); `brokers` is the advertised one.
+    pub fn start_advertised(port: u16, advertised: u16) -> Option<PrivateBroker> {
         let tansu = std::env::var("TANSU_BIN").ok().map(PathBuf::from).or_else(|| {
             let home = std::env::var("HOME").ok()?;
             let candidates = [PathBuf::from(home).join(".cargo/bin/tansu")];
             candidates.into_iter().find(|p| p.exists()).or_else(|| which("tansu"))
         })?;
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(tansu)
             .args([
                 "broker",
@@ -507,7 +516,7 @@ impl PrivateBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -518,7 +527,7 @@ impl PrivateBroker {
             assert!(start.elapsed() < Duration::from_secs(20), "private tansu did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(PrivateBroker { child, brokers: format!("127.0.0.1:{port}") })
+        Some(PrivateBroker { child, brokers: format!("127.0.0.1:{advertised}") })
     }
 
     pub fn pause(&self) {
