@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::postgres::PrivatePostgres;
 use common::proxy::Proxy;
 use common::*;
 use outbox::{Message, Outbox};
@@ -45,6 +46,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("late-commits", true, |s| Box::pin(late_commits(s))),
     ("db-connections-killed", false, |s| Box::pin(connections_killed(s))),
     ("broker-unreachable", false, |s| Box::pin(broker_unreachable(s))),
+    ("postgres-crash", false, |s| Box::pin(postgres_crash(s))),
     ("network-faults", false, |s| Box::pin(network_faults(s))),
     ("consumer-crash", false, |s| Box::pin(consumer_crash(s))),
     ("poison-events", false, |s| Box::pin(poison_events(s))),
@@ -182,15 +184,19 @@ struct Written {
 }
 
 /// The harness's pool: spared by connection faults.
-async fn harness_pool() -> PgPool {
-    let _ = pool().await; // creates the database if missing
-    let options: PgConnectOptions = database_url().parse().unwrap();
+async fn harness_pool(url: &str) -> PgPool {
+    let _ = pool_at(url).await; // creates the database if missing
+    let options: PgConnectOptions = url.parse().unwrap();
     PgPoolOptions::new().max_connections(24).connect_with(options.application_name(HARNESS)).await.unwrap()
 }
 
 async fn world(brokers: Option<String>) -> World {
-    let mut world = World::with_brokers(6, brokers.unwrap_or_else(common::brokers)).await;
-    world.pool = harness_pool().await;
+    world_on(&database_url(), brokers).await
+}
+
+async fn world_on(url: &str, brokers: Option<String>) -> World {
+    let mut world = World::on(url, 6, brokers.unwrap_or_else(common::brokers)).await;
+    world.pool = harness_pool(url).await;
     let s = &world.schema;
     sqlx::query(&format!("CREATE TABLE IF NOT EXISTS \"{s}\".aggregates (key text PRIMARY KEY, n bigint NOT NULL)"))
         .execute(&world.pool)
@@ -244,7 +250,7 @@ async fn load(
     rollback_percent: u32,
     pace: Duration,
 ) -> Vec<Written> {
-    let pool = PgPoolOptions::new().max_connections(writers as u32).connect(&database_url()).await.unwrap();
+    let pool = PgPoolOptions::new().max_connections(writers as u32).connect(&world.url).await.unwrap();
     let wr = WorldRef { schema: world.schema.clone(), topic: world.topic.clone() };
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -675,5 +681,37 @@ async fn network_faults(seed: u64) -> Outcome {
     o.note = format!("{} faults ({}), {cut} connections cut", faults.len(), faults.join(" "));
     drop(procs);
     drop(broker);
+    o
+}
+
+/// Scenario 7: PostgreSQL stopped in immediate mode (no checkpoint, every
+/// connection dropped, COMMITs in flight) and started again, twice, on a
+/// private server.
+async fn postgres_crash(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let Some(pg) = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap() else {
+        let mut o = Outcome { name: "postgres-crash", seed, ..Default::default() };
+        o.note = "needs PostgreSQL's server binaries (initdb, pg_ctl) for a private server".into();
+        return o;
+    };
+    let world = world_on(&pg.url(), None).await;
+    let _relays: Vec<RelayProcess> = (0..2).map(|_| world.relay(&["--batch-size", "200"])).collect();
+    let mut restarts = 0;
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 400, 50, 10, Duration::from_millis(10)), &done, async {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for _ in 0..2 {
+            sleep_ms(rng.random_range(800..2000)).await;
+            pg.crash();
+            sleep_ms(rng.random_range(500..3000)).await;
+            if pg.run() {
+                restarts += 1;
+            }
+        }
+    })
+    .await;
+    let mut o = settle(&world, "postgres-crash", seed, started, &writes).await;
+    o.fault_acted = restarts == 2;
+    o.note = format!("{restarts} immediate-mode stops and restarts");
     o
 }

@@ -3,6 +3,7 @@
 //! demo consumer as child processes, and a topic reader.
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
+pub mod postgres;
 pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,7 +36,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// A pool on the test database, creating the database if it is missing.
 pub async fn pool() -> PgPool {
-    let url = database_url();
+    pool_at(&database_url()).await
+}
+
+/// A pool on the database at `url`, creating the database if it is missing.
+pub async fn pool_at(url: &str) -> PgPool {
+    let url = url.to_owned();
     match PgPoolOptions::new().max_connections(20).connect(&url).await {
         Ok(pool) => pool,
         Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") => {
@@ -51,6 +57,8 @@ pub async fn pool() -> PgPool {
 
 /// One test's world: its own schema (outbox tables) and topic.
 pub struct World {
+    /// The database (DATABASE_URL unless the test brought its own).
+    pub url: String,
     pub pool: PgPool,
     pub schema: String,
     pub config: OutboxConfig,
@@ -65,14 +73,19 @@ impl World {
     }
 
     pub async fn with_brokers(partitions: i32, brokers: String) -> World {
-        let pool = pool().await;
+        Self::on(&database_url(), partitions, brokers).await
+    }
+
+    /// A world on the database at `url`.
+    pub async fn on(url: &str, partitions: i32, brokers: String) -> World {
+        let pool = pool_at(url).await;
         let schema = unique("t");
         let config = OutboxConfig::default().with_schema(&schema).unwrap().with_source("/tests");
         let outbox = Outbox::new(config.clone());
         outbox.migrate(&pool).await.unwrap();
         let topic = unique("topic");
         create_topic(&brokers, &topic, partitions).await;
-        World { pool, schema, config, outbox, topic, brokers }
+        World { url: url.to_owned(), pool, schema, config, outbox, topic, brokers }
     }
 
     /// Rows still pending in the outbox.
@@ -104,7 +117,7 @@ impl World {
     }
 
     pub fn relay(&self, extra: &[&str]) -> RelayProcess {
-        RelayProcess::start(&self.schema, &self.brokers, extra, &[])
+        RelayProcess::start(&self.schema, &self.brokers, extra, &[("DATABASE_URL", &self.url)])
     }
 
     pub fn read_topic(&self, expect: usize) -> Vec<Record> {
@@ -558,7 +571,7 @@ pub fn run_consumer(world: &World, group: &str, expect: usize, failpoint: Option
     cmd.args(["--outbox-schema", &world.schema, "--app-schema", &format!("{}_app", world.schema)])
         .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
         .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])
-        .env("DATABASE_URL", database_url())
+        .env("DATABASE_URL", &world.url)
         .env("RUST_LOG", "warn")
         .env_remove("OUTBOX_FAILPOINT")
         .stderr(Stdio::inherit());
