@@ -47,8 +47,10 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("db-connections-killed", false, |s| Box::pin(connections_killed(s))),
     ("broker-unreachable", false, |s| Box::pin(broker_unreachable(s))),
     ("postgres-crash", false, |s| Box::pin(postgres_crash(s))),
+    ("broker-errors", false, |s| Box::pin(broker_errors(s))),
     ("network-faults", false, |s| Box::pin(network_faults(s))),
     ("consumer-crash", false, |s| Box::pin(consumer_crash(s))),
+    ("consumer-rebalance", false, |s| Box::pin(consumer_rebalance(s))),
     ("poison-events", false, |s| Box::pin(poison_events(s))),
 ];
 
@@ -124,6 +126,8 @@ struct Outcome {
     unexpected: usize,
     dup_topic: usize,
     dup_effect: usize,
+    /// Events in the topic the consumer never applied.
+    unapplied: usize,
     order_violations: usize,
     stuck: usize,
     /// Whether the fault was seen to act (a scenario whose fault did nothing
@@ -137,6 +141,7 @@ impl Outcome {
         self.lost == 0
             && self.unexpected == 0
             && self.dup_effect == 0
+            && self.unapplied == 0
             && self.order_violations == 0
             && self.stuck == 0
             && self.committed > 0
@@ -146,7 +151,7 @@ impl Outcome {
     fn line(&self) -> String {
         format!(
             "{:<22} {} attempted={} committed={} indeterminate={} delivered={} lost={} unexpected={} dup_topic={} \
-             dup_effect={} order_violations={} stuck={} seed={} {:.1}s{}",
+             dup_effect={} unapplied={} order_violations={} stuck={} seed={} {:.1}s{}",
             self.name,
             if self.passed() { "ok  " } else { "FAIL" },
             self.attempted,
@@ -157,6 +162,7 @@ impl Outcome {
             self.unexpected,
             self.dup_topic,
             self.dup_effect,
+            self.unapplied,
             self.order_violations,
             self.stuck,
             self.seed,
@@ -195,8 +201,13 @@ async fn world(brokers: Option<String>) -> World {
 }
 
 async fn world_on(url: &str, brokers: Option<String>) -> World {
-    let mut world = World::on(url, 6, brokers.unwrap_or_else(common::brokers)).await;
-    world.pool = harness_pool(url).await;
+    let world = World::on(url, 6, brokers.unwrap_or_else(common::brokers)).await;
+    prepare(world).await
+}
+
+/// The harness's pool and the writers' aggregates table.
+async fn prepare(mut world: World) -> World {
+    world.pool = harness_pool(&world.url).await;
     let s = &world.schema;
     sqlx::query(&format!("CREATE TABLE IF NOT EXISTS \"{s}\".aggregates (key text PRIMARY KEY, n bigint NOT NULL)"))
         .execute(&world.pool)
@@ -280,18 +291,28 @@ async fn load(
 /// Waits for the outbox to drain, reads the topic from offset 0, runs an
 /// idempotent consumer over it, and counts.
 async fn settle(world: &World, name: &'static str, seed: u64, started: Instant, writes: &[Written]) -> Outcome {
-    settle_crashing(world, name, seed, started, writes, &[]).await.0
+    settle_with(world, name, seed, started, writes, ConsumerFault::None).await.0
 }
 
-/// [`settle`], with the consumer first run (same group) under each of
-/// `crashes` failpoints in turn; also returns how many of those runs crashed.
-async fn settle_crashing(
+/// What happens to the consumers before the one that runs to the end.
+enum ConsumerFault<'a> {
+    None,
+    /// Runs (same group) each under one failpoint, in turn.
+    Crash(&'a [&'a str]),
+    /// Two consumers in the group; one is SIGKILLed as soon as effects
+    /// start to appear (mid-stream).
+    KillOneOfTwo,
+}
+
+/// [`settle`], with a consumer fault first; also returns how many consumer
+/// processes the fault took down.
+async fn settle_with(
     world: &World,
     name: &'static str,
     seed: u64,
     started: Instant,
     writes: &[Written],
-    crashes: &[&str],
+    fault: ConsumerFault<'_>,
 ) -> (Outcome, usize) {
     let mut o = Outcome { name, seed, attempted: writes.len(), ..Default::default() };
     let drained_by = Instant::now() + Duration::from_secs(90);
@@ -333,13 +354,33 @@ async fn settle_crashing(
     let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
     let group = unique("chaos");
     let mut crashed = 0;
-    for failpoint in crashes {
-        let (status, _) = run_consumer(world, &group, distinct.len(), Some(failpoint));
-        crashed += usize::from(!status.success());
-    }
-    let (status, _) = run_consumer(world, &group, distinct.len(), None);
+    let status = match fault {
+        ConsumerFault::None => run_consumer(world, &group, distinct.len(), None).0,
+        ConsumerFault::Crash(failpoints) => {
+            for failpoint in failpoints {
+                let (status, _) = run_consumer(world, &group, distinct.len(), Some(failpoint));
+                crashed += usize::from(!status.success());
+            }
+            run_consumer(world, &group, distinct.len(), None).0
+        }
+        ConsumerFault::KillOneOfTwo => {
+            let mut victim = spawn_consumer(world, &group, distinct.len());
+            let survivor = spawn_consumer(world, &group, distinct.len());
+            let waiting = Instant::now();
+            while effects_so_far(world).await == 0 && waiting.elapsed() < Duration::from_secs(30) {
+                sleep_ms(10).await;
+            }
+            if victim.try_wait().ok().flatten().is_none() {
+                let _ = victim.kill();
+                crashed += 1;
+            }
+            let _ = victim.wait();
+            tokio::task::spawn_blocking(move || survivor.wait_with_output()).await.unwrap().unwrap().status
+        }
+    };
     let (effects, distinct_effects) = effects(world).await;
     o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
+    o.unapplied = distinct.len().saturating_sub(usize::try_from(distinct_effects).unwrap_or(0));
     if !status.success() {
         o.note = format!("consumer exited {status}");
         o.dup_effect = o.dup_effect.max(1);
@@ -568,7 +609,8 @@ async fn consumer_crash(seed: u64) -> Outcome {
     let _relays = relays(&world, 1);
     let writes = load(&world, seed, 4, 300, 50, 10, Duration::ZERO).await;
     let crashes = ["inbox-after-commit@30", "inbox-after-commit@100", "inbox-after-commit@200"];
-    let (mut o, crashed) = settle_crashing(&world, "consumer-crash", seed, started, &writes, &crashes).await;
+    let (mut o, crashed) =
+        settle_with(&world, "consumer-crash", seed, started, &writes, ConsumerFault::Crash(&crashes)).await;
     o.fault_acted = crashed == crashes.len();
     o.note = format!("consumer aborted {crashed} times after its inbox commit, before its offset commit");
     o
@@ -714,4 +756,92 @@ async fn postgres_crash(seed: u64) -> Outcome {
     o.fault_acted = restarts == 2;
     o.note = format!("{restarts} immediate-mode stops and restarts");
     o
+}
+
+/// Scenario 9: librdkafka's mock cluster (three brokers, replication 3)
+/// answers produce requests with retriable errors, then slowly, then with a
+/// sequence error that breaks the idempotent producer's state.
+async fn broker_errors(seed: u64) -> Outcome {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr as E};
+    let started = Instant::now();
+    let mock = MockCluster::new(3).unwrap();
+    let topic = unique("topic");
+    mock.create_topic(&topic, 6, 3).unwrap();
+    let world = prepare(World::with_topic(&database_url(), mock.bootstrap_servers(), topic).await).await;
+    let relays = relays(&world, 2);
+    let mut injected = Vec::new();
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, 4, 400, 50, 10, Duration::from_millis(10)), &done, async {
+        let mut rng = StdRng::seed_from_u64(seed);
+        sleep_ms(1000).await;
+        let retriable = [
+            E::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            E::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            E::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            E::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+            E::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+            E::RD_KAFKA_RESP_ERR__TRANSPORT,
+        ];
+        let errors: Vec<E> = (0..30).map(|_| retriable[rng.random_range(0..retriable.len())]).collect();
+        mock.request_errors(RDKafkaApiKey::Produce, &errors);
+        injected.push(format!("{} retriable produce errors", errors.len()));
+        sleep_ms(1500).await;
+        for broker in 1..=3 {
+            mock.broker_round_trip_time(broker, Duration::from_millis(rng.random_range(200..600))).unwrap();
+        }
+        injected.push("slow round trips".to_owned());
+        sleep_ms(2000).await;
+        for broker in 1..=3 {
+            mock.broker_round_trip_time(broker, Duration::ZERO).unwrap();
+        }
+        mock.request_errors(RDKafkaApiKey::Produce, &[E::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 3]);
+        injected.push("out-of-order sequence errors".to_owned());
+        sleep_ms(1500).await;
+    })
+    .await;
+    let mut o = settle(&world, "broker-errors", seed, started, &writes).await;
+    let logs: String = relays.iter().map(RelayProcess::log_text).collect();
+    let fatal = logs.contains("fatal producer error");
+    o.fault_acted = injected.len() == 3 && fatal;
+    o.note = format!("{}; producer reset after a fatal error: {fatal}", injected.join(", "));
+    drop(relays);
+    drop(mock);
+    o
+}
+
+/// The demo consumer as a child process, not waited for.
+fn spawn_consumer(world: &World, group: &str, expect: usize) -> std::process::Child {
+    std::process::Command::new(binary("consumer_service"))
+        .args(["--outbox-schema", &world.schema, "--app-schema", &format!("{}_app", world.schema)])
+        .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
+        .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])
+        .env("DATABASE_URL", &world.url)
+        .env("RUST_LOG", "warn")
+        .env_remove("OUTBOX_FAILPOINT")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Scenario 11b: Two consumers in one group; one is SIGKILLed mid-stream and
+/// the group rebalances its partitions to the other.
+async fn consumer_rebalance(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 1);
+    let writes = load(&world, seed, 8, 1500, 100, 10, Duration::ZERO).await;
+    let (mut o, killed) =
+        settle_with(&world, "consumer-rebalance", seed, started, &writes, ConsumerFault::KillOneOfTwo).await;
+    o.fault_acted = killed == 1;
+    o.note = format!("{killed} of two consumers SIGKILLed mid-stream");
+    o
+}
+
+/// Effect rows so far (0 while the consumer has not created its table).
+async fn effects_so_far(world: &World) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}_app\".effects", world.schema))
+        .fetch_one(&world.pool)
+        .await
+        .unwrap_or(0)
 }

@@ -93,6 +93,11 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 
+    /// File holding the PostgreSQL URL (a mounted secret), instead of
+    /// --database-url.
+    #[arg(long, env = "DATABASE_URL_FILE", global = true, conflicts_with = "database_url")]
+    pub database_url_file: Option<std::path::PathBuf>,
+
     /// Schema holding the outbox tables.
     #[arg(long, env = "OUTBOX_SCHEMA", default_value = "outbox", global = true)]
     pub schema: String,
@@ -124,6 +129,23 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
+    /// The database URL, from --database-url or read from --database-url-file.
+    pub fn url(&self) -> Result<String, String> {
+        if let Some(path) = &self.database_url_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the database URL from {}: {e}", path.display()))?;
+            let url = text.trim();
+            if url.is_empty() {
+                return Err(format!("{} is empty", path.display()));
+            }
+            return Ok(url.to_owned());
+        }
+        self.database_url
+            .as_ref()
+            .map(|u| u.0.clone())
+            .ok_or_else(|| "DATABASE_URL (or --database-url, or DATABASE_URL_FILE) is required".to_owned())
+    }
+
     /// The checked outbox configuration.
     pub fn outbox_config(&self) -> Result<OutboxConfig, outbox_core::Error> {
         OutboxConfig::default()
@@ -148,6 +170,11 @@ pub struct RunArgs {
     /// enable.idempotence, acks and message.timeout.ms cannot be weakened.
     #[arg(short = 'X', long = "kafka-config", env = "OUTBOX_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value, hide_env_values = true)]
     pub kafka_config: Vec<KafkaSetting>,
+
+    /// File of librdkafka settings, one key=value per line (# comments), read
+    /// before -X (a mounted secret holding SASL or TLS key passwords).
+    #[arg(long, env = "OUTBOX_KAFKA_CONFIG_FILE")]
+    pub kafka_config_file: Option<std::path::PathBuf>,
 
     /// Most events claimed and published per batch.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -269,14 +296,19 @@ impl RunArgs {
     }
 
     /// Kafka settings.
-    pub fn kafka_config(&self) -> KafkaPublisherConfig {
+    pub fn kafka_config(&self) -> Result<KafkaPublisherConfig, String> {
         let creation = self
             .create_topics
             .then_some(TopicCreation { partitions: self.topic_partitions, replication: self.topic_replication });
-        self.kafka_config
+        let mut settings = match &self.kafka_config_file {
+            Some(path) => read_settings(path)?,
+            None => Vec::new(),
+        };
+        settings.extend(self.kafka_config.iter().cloned());
+        Ok(settings
             .iter()
             .fold(KafkaPublisherConfig::new(&self.kafka_brokers), |c, s| c.with_setting(&s.key, &s.value))
-            .with_topic_creation(creation)
+            .with_topic_creation(creation))
     }
 }
 
@@ -311,6 +343,21 @@ impl fmt::Debug for KafkaSetting {
         let value = if is_secret_setting(&self.key) { "***" } else { &self.value };
         write!(f, "{}={value}", self.key)
     }
+}
+
+/// librdkafka settings from a properties file: `key=value` lines, `#`
+/// comments and blank lines ignored. Errors name the line, never its value.
+fn read_settings(path: &std::path::Path) -> Result<Vec<KafkaSetting>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read Kafka settings from {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(i, line)| {
+            parse_key_value(line).map_err(|_| format!("{} line {}: expected key=value", path.display(), i + 1))
+        })
+        .collect()
 }
 
 fn parse_key_value(s: &str) -> Result<KafkaSetting, String> {
@@ -350,6 +397,39 @@ mod tests {
         let shown = format!("{cli:?}");
         assert!(!shown.contains("s3cret-pw") && !shown.contains("sasl-s3cret"), "{shown}");
         assert!(shown.contains("app:***@db") && shown.contains("linger.ms"), "{shown}");
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("outbox-relay-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (url_file, kafka_file) = (dir.join("url"), dir.join("kafka.properties"));
+        std::fs::write(&url_file, "postgres://app:pw-from-file@db/orders\n").unwrap();
+        std::fs::write(&kafka_file, "# SASL\nsasl.username=relay\n\nsasl.password=kafka-pw-from-file\nlinger.ms=7\n")
+            .unwrap();
+        let cli = Cli::try_parse_from([
+            "outbox-relay".as_ref(),
+            "--database-url-file".as_ref(),
+            url_file.as_os_str(),
+            "run".as_ref(),
+            "--kafka-config-file".as_ref(),
+            kafka_file.as_os_str(),
+            "-X".as_ref(),
+            "linger.ms=9".as_ref(),
+        ])
+        .unwrap();
+        assert_eq!(cli.db.url().unwrap(), "postgres://app:pw-from-file@db/orders");
+        let Some(Command::Run(run)) = &cli.command else { panic!("run") };
+        let shown = format!("{:?}", run.kafka_config().unwrap());
+        assert!(shown.contains("sasl.username") && !shown.contains("kafka-pw-from-file"), "{shown}");
+        // -X comes after the file: it wins.
+        assert!(shown.find("linger.ms\": \"9").is_some() || shown.contains("\"linger.ms\": \"9\""), "{shown}");
+        std::fs::write(&kafka_file, "sasl.password\n").unwrap();
+        let err = run.kafka_config().unwrap_err();
+        assert!(err.contains("line 1") && !err.contains("sasl.password="), "{err}");
+        assert!(Cli::try_parse_from(["outbox-relay", "--database-url", "postgres://a/b", "--database-url-file", "/x"])
+            .is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

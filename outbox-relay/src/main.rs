@@ -100,11 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
-    let url = db
-        .database_url
-        .as_ref()
-        .map(|u| u.0.as_str())
-        .ok_or_else(|| config_error("DATABASE_URL (or --database-url) is required"))?;
+    let url = db.url().map_err(config_error)?;
+    let url = url.as_str();
     let options: sqlx::postgres::PgConnectOptions =
         url.parse().map_err(|e| config_error(format!("invalid database URL {}: {e}", redact_url(url))))?;
     // A pool of its own: sessions start with the queue's planner settings,
@@ -122,7 +119,7 @@ async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
 async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Result<()> {
     let relay_config = args.relay_config();
     relay_config.validate().map_err(config_error)?;
-    let publisher = KafkaPublisher::new(args.kafka_config()).map_err(config_error)?;
+    let publisher = KafkaPublisher::new(args.kafka_config().map_err(config_error)?).map_err(config_error)?;
     let pool = connect(db).await?;
     warn_if_unencrypted(db, &args);
     if args.migrate {
@@ -174,19 +171,17 @@ fn warn_if_unencrypted(db: &DbArgs, args: &RunArgs) {
         let host = host.trim().trim_start_matches('[').split(']').next().unwrap_or_default();
         !(host.is_empty() || host == "localhost" || host.starts_with("127.") || host == "::1" || host.starts_with('/'))
     };
-    if let Some(url) = &db.database_url {
-        let after_at = url.0.split_once("://").map_or("", |(_, r)| r);
+    if let Ok(url) = db.url() {
+        let after_at = url.split_once("://").map_or("", |(_, r)| r);
         let authority = after_at.split(['/', '?']).next().unwrap_or_default();
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let encrypted =
-            ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| url.0.contains(m));
+        let encrypted = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| url.contains(m));
         if remote(host) && !encrypted {
-            tracing::warn!(database = %redact_url(&url.0), "database connection may be unencrypted: set sslmode=verify-full");
+            tracing::warn!(database = %redact_url(&url), "database connection may be unencrypted: set sslmode=verify-full");
         }
     }
-    let protocol =
-        args.kafka_config.iter().rev().find(|s| s.key == "security.protocol").map(|s| s.value.to_ascii_lowercase());
+    let protocol = args.kafka_config().ok().and_then(|c| c.setting("security.protocol").map(str::to_ascii_lowercase));
     let encrypted = matches!(protocol.as_deref(), Some("ssl" | "sasl_ssl"));
     let any_remote = args.kafka_brokers.split(',').any(|b| remote(b.rsplit_once(':').map_or(b, |(h, _)| h)));
     if any_remote && !encrypted {

@@ -78,13 +78,19 @@ impl World {
 
     /// A world on the database at `url`.
     pub async fn on(url: &str, partitions: i32, brokers: String) -> World {
+        let topic = unique("topic");
+        create_topic(&brokers, &topic, partitions).await;
+        Self::with_topic(url, brokers, topic).await
+    }
+
+    /// A world whose topic the test created itself (on a broker without the
+    /// admin API, such as librdkafka's mock cluster).
+    pub async fn with_topic(url: &str, brokers: String, topic: String) -> World {
         let pool = pool_at(url).await;
         let schema = unique("t");
         let config = OutboxConfig::default().with_schema(&schema).unwrap().with_source("/tests");
         let outbox = Outbox::new(config.clone());
         outbox.migrate(&pool).await.unwrap();
-        let topic = unique("topic");
-        create_topic(&brokers, &topic, partitions).await;
         World { url: url.to_owned(), pool, schema, config, outbox, topic, brokers }
     }
 

@@ -97,6 +97,17 @@ impl KafkaPublisherConfig {
         self
     }
 
+    /// The value of a setting (the last one given), if any.
+    ///
+    /// ```
+    /// use outbox_core::KafkaPublisherConfig;
+    /// let c = KafkaPublisherConfig::new("k:9092").with_setting("linger.ms", "2").with_setting("linger.ms", "3");
+    /// assert_eq!(c.setting("linger.ms"), Some("3"));
+    /// ```
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     /// The brokers.
     pub fn brokers(&self) -> &str {
         &self.brokers
