@@ -51,6 +51,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("network-faults", false, |s| Box::pin(network_faults(s))),
     ("consumer-crash", false, |s| Box::pin(consumer_crash(s))),
     ("consumer-rebalance", false, |s| Box::pin(consumer_rebalance(s))),
+    ("bad-inputs", false, |s| Box::pin(bad_inputs(s))),
     ("poison-events", false, |s| Box::pin(poison_events(s))),
 ];
 
@@ -294,6 +295,10 @@ async fn settle(world: &World, name: &'static str, seed: u64, started: Instant, 
     settle_with(world, name, seed, started, writes, ConsumerFault::None).await.0
 }
 
+/// Events a typed handler cannot parse: they must end in the inbox
+/// dead-letter table, not in an effect and not in a crash loop.
+static UNPARSEABLE: std::sync::Mutex<Vec<Uuid>> = std::sync::Mutex::new(Vec::new());
+
 /// What happens to the consumers before the one that runs to the end.
 enum ConsumerFault<'a> {
     None,
@@ -352,20 +357,22 @@ async fn settle_with(
         (c.delivered, c.lost, c.unexpected, c.dup_topic, c.order_violations);
     // The consume side: every event in the topic applied once.
     let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+    let unparseable: HashSet<Uuid> = std::mem::take(&mut *UNPARSEABLE.lock().unwrap()).into_iter().collect();
     let group = unique("chaos");
+    let expect = distinct.len() - distinct.intersection(&unparseable).count();
     let mut crashed = 0;
     let status = match fault {
-        ConsumerFault::None => run_consumer(world, &group, distinct.len(), None).0,
+        ConsumerFault::None => run_consumer(world, &group, expect, None).0,
         ConsumerFault::Crash(failpoints) => {
             for failpoint in failpoints {
-                let (status, _) = run_consumer(world, &group, distinct.len(), Some(failpoint));
+                let (status, _) = run_consumer(world, &group, expect, Some(failpoint));
                 crashed += usize::from(!status.success());
             }
-            run_consumer(world, &group, distinct.len(), None).0
+            run_consumer(world, &group, expect, None).0
         }
         ConsumerFault::KillOneOfTwo => {
-            let mut victim = spawn_consumer(world, &group, distinct.len());
-            let survivor = spawn_consumer(world, &group, distinct.len());
+            let mut victim = spawn_consumer(world, &group, expect);
+            let survivor = spawn_consumer(world, &group, expect);
             let waiting = Instant::now();
             while effects_so_far(world).await == 0 && waiting.elapsed() < Duration::from_secs(30) {
                 sleep_ms(10).await;
@@ -380,7 +387,20 @@ async fn settle_with(
     };
     let (effects, distinct_effects) = effects(world).await;
     o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
-    o.unapplied = distinct.len().saturating_sub(usize::try_from(distinct_effects).unwrap_or(0));
+    o.unapplied = expect.saturating_sub(usize::try_from(distinct_effects).unwrap_or(0));
+    if !unparseable.is_empty() {
+        let ids: Vec<Uuid> = unparseable.iter().copied().collect();
+        let parked: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(DISTINCT event_id) FROM \"{}\".inbox_dead_letter WHERE event_id = ANY($1)",
+            world.schema
+        ))
+        .bind(&ids)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap_or(0);
+        // An unparseable event not parked is as bad as one not applied.
+        o.unapplied += ids.len().saturating_sub(usize::try_from(parked).unwrap_or(0));
+    }
     if !status.success() {
         o.note = format!("consumer exited {status}");
         o.dup_effect = o.dup_effect.max(1);
@@ -844,4 +864,64 @@ async fn effects_so_far(world: &World) -> i64 {
         .fetch_one(&world.pool)
         .await
         .unwrap_or(0)
+}
+
+/// Scenario 12: Bad inputs among the load: an oversize payload (refused at
+/// enqueue with a typed error, its transaction rolled back), payloads the
+/// consumer's typed handler cannot parse (parked in the inbox dead-letter
+/// table), a relay configured with a hostile table name and one whose role
+/// lacks privileges (both stop at start, exit 2, create and change nothing).
+async fn bad_inputs(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 2);
+    let mut refused = Vec::new();
+    // Oversize: a typed error from enqueue, the transaction rolled back.
+    let big =
+        Message::bytes(&world.topic, "chaos.big", vec![b'x'; outbox::DEFAULT_MAX_PAYLOAD_BYTES + 1]).with_key("big");
+    let mut tx = world.pool.begin().await.unwrap();
+    let oversize = world.outbox.enqueue(&mut *tx, &big).await;
+    tx.rollback().await.unwrap();
+    let oversize_typed =
+        matches!(oversize, Err(outbox::Error::InvalidMessage(outbox::ValidationError::PayloadTooLarge { .. })));
+    refused.push(Written { key: "big".into(), n: 1, id: big.id(), fate: Fate::RolledBack });
+    // Unparseable for the consumer's typed handler, committed and published.
+    let mut unparseable = Vec::new();
+    for i in 0..3 {
+        let m = Message::bytes(&world.topic, "chaos.garbage", b"{not json".to_vec()).with_key(format!("garbage-{i}"));
+        world.outbox.enqueue(&world.pool, &m).await.unwrap();
+        unparseable.push(m.id());
+        refused.push(Written { key: format!("garbage-{i}"), n: 1, id: m.id(), fate: Fate::Committed });
+    }
+    // Hostile configuration: refused before anything is created.
+    let hostile_schema = "chaos\"; DROP SCHEMA public CASCADE; --";
+    let out = relay_command(&["--schema", hostile_schema, "run", "--migrate"], &world.url);
+    let hostile_refused =
+        out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("invalid identifier");
+    let public_survives: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    // A role without privileges: the relay names what is missing and stops.
+    let role = unique("bare");
+    sqlx::raw_sql(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'chaos-pw'")).execute(&world.pool).await.unwrap();
+    let bare_url = {
+        let (scheme, rest) = world.url.split_once("://").unwrap();
+        format!("{scheme}://{role}:chaos-pw@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host))
+    };
+    let out = relay_command(&["--schema", &world.schema, "run"], &bare_url);
+    let unprivileged_refused =
+        out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("lacks privileges");
+    sqlx::raw_sql(&format!("DROP ROLE \"{role}\"")).execute(&world.pool).await.unwrap();
+    let mut writes = load(&world, seed, 4, 300, 50, 10, Duration::from_millis(3)).await;
+    writes.extend(refused);
+    UNPARSEABLE.lock().unwrap().extend(unparseable.iter().copied());
+    let mut o = settle(&world, "bad-inputs", seed, started, &writes).await;
+    o.fault_acted = oversize_typed && hostile_refused && public_survives && unprivileged_refused;
+    o.note = format!(
+        "oversize refused with a typed error: {oversize_typed}; 3 unparseable events parked by the consumer; \
+         hostile schema name refused: {hostile_refused}; relay without privileges refused: {unprivileged_refused}"
+    );
+    o
 }
