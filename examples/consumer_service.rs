@@ -88,12 +88,17 @@ async fn main() -> anyhow::Result<()> {
     let config = OutboxConfig::default().with_schema(&args.outbox_schema)?;
     outbox::migrate::migrate(&pool, &config).await?;
     let s = &args.app_schema;
+    // Several replicas may start at once, and CREATE ... IF NOT EXISTS is not
+    // safe against a concurrent twin: serialise the set-up on a lock.
     sqlx::raw_sql(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {s};
+        "BEGIN;
+         SELECT pg_advisory_xact_lock(hashtext('consumer_service set-up'));
+         CREATE SCHEMA IF NOT EXISTS {s};
          CREATE TABLE IF NOT EXISTS {s}.effects (event_id uuid NOT NULL, customer text NOT NULL,
              amount_cents bigint NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
          CREATE TABLE IF NOT EXISTS {s}.totals (customer text PRIMARY KEY, orders bigint NOT NULL,
-             amount_cents bigint NOT NULL);"
+             amount_cents bigint NOT NULL);
+         COMMIT;"
     ))
     .execute(&pool)
     .await?;

@@ -854,7 +854,7 @@ async fn consumer_rebalance(seed: u64) -> Outcome {
     let (mut o, killed) =
         settle_with(&world, "consumer-rebalance", seed, started, &writes, ConsumerFault::KillOneOfTwo).await;
     o.fault_acted = killed == 1;
-    o.note = format!("{killed} of two consumers SIGKILLed mid-stream");
+    o.note = format!("{killed} of two consumers SIGKILLed as effects began to appear");
     o
 }
 
