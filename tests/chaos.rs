@@ -57,6 +57,9 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--writer") {
+        return writer_process(&args[1..]);
+    }
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let all = args.iter().any(|a| a == "--all");
     // `--exact` is how cargo-nextest asks for one test by name.
@@ -218,8 +221,17 @@ async fn prepare(mut world: World) -> World {
 }
 
 /// One write transaction: lock the key's aggregate (so per-key commit order
-/// is the counter's order), enqueue one event, commit or roll back.
-async fn write_one(pool: &PgPool, outbox: &Outbox, world: &WorldRef, key: String, rollback: bool) -> Written {
+/// is the counter's order), enqueue one event, commit or roll back. With
+/// `killer`, the transaction's connection is terminated from `killer` at the
+/// same moment its COMMIT is sent: the outcome is then truly unknown.
+async fn write_one(
+    pool: &PgPool,
+    outbox: &Outbox,
+    world: &WorldRef,
+    key: String,
+    rollback: bool,
+    killer: Option<&PgPool>,
+) -> Written {
     let msg = Message::json(&world.topic, "chaos.event", &serde_json::json!({ "key": key })).unwrap().with_key(&key);
     let id = msg.id();
     let upsert = format!(
@@ -236,11 +248,60 @@ async fn write_one(pool: &PgPool, outbox: &Outbox, world: &WorldRef, key: String
         let _ = tx.rollback().await;
         return Written { key, n, id, fate: Fate::RolledBack };
     }
-    let fate = match tx.commit().await {
-        Ok(()) => Fate::Committed,
-        Err(_) => Fate::Unknown,
+    let committed = match killer {
+        None => tx.commit().await,
+        Some(killer) => {
+            let Ok(pid) = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&mut *tx).await else {
+                return gone(key);
+            };
+            // The termination is sent first and the COMMIT right behind it:
+            // which one the server acts on first is a genuine race.
+            let kill = sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(killer);
+            tokio::join!(kill, tx.commit()).1
+        }
     };
+    let fate = if committed.is_ok() { Fate::Committed } else { Fate::Unknown };
     Written { key, n, id, fate }
+}
+
+/// A writer process (`chaos --writer URL SCHEMA TOPIC SEED COUNT KEYS
+/// ROLLBACK% PACE_MS KILL_AT_COMMIT%`): one line per transaction on stdout,
+/// `W key n id fate`, written as each one ends.
+fn writer_process(args: &[String]) -> ExitCode {
+    use std::io::Write;
+    let [url, schema, topic, seed, count, keys, rollback, pace, kill] = args else {
+        eprintln!("usage: chaos --writer URL SCHEMA TOPIC SEED COUNT KEYS ROLLBACK% PACE_MS KILL_AT_COMMIT%");
+        return ExitCode::from(2);
+    };
+    let num = |s: &String| s.parse::<u64>().unwrap();
+    let (seed, count, keys, rollback, pace, kill) =
+        (num(seed), num(count), num(keys), num(rollback), num(pace), num(kill));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let pool = PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
+        let killer = PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
+        let outbox = Outbox::new(outbox::OutboxConfig::default().with_schema(schema).unwrap().with_source("/chaos"));
+        let wr = WorldRef { schema: schema.clone(), topic: topic.clone() };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut out = std::io::stdout().lock();
+        for _ in 0..count {
+            let key = format!("key-{}", rng.random_range(0..keys));
+            let rollback = rng.random_range(0..100) < rollback;
+            let kill = !rollback && rng.random_range(0..100) < kill;
+            let w = write_one(&pool, &outbox, &wr, key, rollback, kill.then_some(&killer)).await;
+            let fate = match w.fate {
+                Fate::Committed => 'C',
+                Fate::RolledBack => 'R',
+                Fate::Unknown => 'U',
+            };
+            writeln!(out, "W {} {} {} {fate}", w.key, w.n, w.id).unwrap();
+            out.flush().unwrap();
+            if pace > 0 {
+                tokio::time::sleep(Duration::from_millis(pace)).await;
+            }
+        }
+    });
+    ExitCode::SUCCESS
 }
 
 /// The parts of a world a writer task needs.
@@ -250,9 +311,9 @@ struct WorldRef {
     topic: String,
 }
 
-/// `writers` tasks writing `per_writer` transactions each over `keys` keys,
-/// one every `pace`, about `rollback_percent` of them rolled back. Writers
-/// use their own pool (connection faults hit them).
+/// `writers` writer processes writing `per_writer` transactions each over
+/// `keys` keys, one every `pace`, about `rollback_percent` of them rolled
+/// back. Writers have their own connections (connection faults hit them).
 async fn load(
     world: &World,
     seed: u64,
@@ -262,30 +323,47 @@ async fn load(
     rollback_percent: u32,
     pace: Duration,
 ) -> Vec<Written> {
-    let pool = PgPoolOptions::new().max_connections(writers as u32).connect(&world.url).await.unwrap();
-    let wr = WorldRef { schema: world.schema.clone(), topic: world.topic.clone() };
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (pool, outbox, wr) = (pool.clone(), world.outbox.clone(), wr.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
-            let mut done = Vec::with_capacity(per_writer);
-            for _ in 0..per_writer {
-                let key = format!("key-{}", rng.random_range(0..keys));
-                let rollback = rng.random_range(0..100) < rollback_percent;
-                done.push(write_one(&pool, &outbox, &wr, key, rollback).await);
-                if !pace.is_zero() {
-                    tokio::time::sleep(pace).await;
-                }
-            }
-            done
-        }));
-    }
+    load_killing(world, seed, writers, per_writer, keys, rollback_percent, pace, 0).await
+}
+
+/// [`load`], with `kill_percent` of the commits racing a termination of
+/// their own connection.
+#[allow(clippy::too_many_arguments)]
+async fn load_killing(
+    world: &World,
+    seed: u64,
+    writers: usize,
+    per_writer: usize,
+    keys: usize,
+    rollback_percent: u32,
+    pace: Duration,
+    kill_percent: u32,
+) -> Vec<Written> {
+    let exe = std::env::current_exe().unwrap();
+    let runs = (0..writers).map(|w| {
+        tokio::process::Command::new(&exe)
+            .arg("--writer")
+            .args([&world.url, &world.schema, &world.topic])
+            .args([seed.wrapping_add(w as u64).to_string(), per_writer.to_string(), keys.to_string()])
+            .args([rollback_percent.to_string(), pace.as_millis().to_string(), kill_percent.to_string()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+    });
     let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
+    for output in futures::future::join_all(runs).await {
+        let output = output.unwrap();
+        assert!(output.status.success(), "a writer process failed: {}", output.status);
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let [_, key, n, id, fate] = parts[..] else { continue };
+            let fate = match fate {
+                "C" => Fate::Committed,
+                "R" => Fate::RolledBack,
+                _ => Fate::Unknown,
+            };
+            all.push(Written { key: key.to_owned(), n: n.parse().unwrap(), id: id.parse().unwrap(), fate });
+        }
     }
-    pool.close().await;
     all
 }
 
@@ -572,7 +650,7 @@ async fn connections_killed(seed: u64) -> Outcome {
     let _relays = relays(&world, 2);
     let mut terminated = 0i64;
     let done = AtomicBool::new(false);
-    let writes = during(load(&world, seed, 4, 300, 50, 10, Duration::from_millis(10)), &done, async {
+    let writes = during(load_killing(&world, seed, 4, 300, 50, 10, Duration::from_millis(10), 5), &done, async {
         while !done.load(Ordering::SeqCst) {
             sleep_ms(1000).await;
             let n: i64 = sqlx::query_scalar(
@@ -587,7 +665,7 @@ async fn connections_killed(seed: u64) -> Outcome {
     })
     .await;
     let mut o = settle(&world, "db-connections-killed", seed, started, &writes).await;
-    o.fault_acted = terminated > 0;
+    o.fault_acted = terminated > 0 && o.indeterminate > 0;
     o.note = format!("{terminated} connections terminated");
     o
 }

@@ -7,9 +7,12 @@ mod common;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::*;
 use outbox::privileges::{grants_sql, Roles};
-use outbox::{Ident, Message, Outbox};
+use outbox::{
+    CancellationToken, ConsumerConfig, Handler, HandlerError, Ident, InboxConsumer, Message, Outbox, ReceivedEvent,
+};
 use sqlx::postgres::PgPoolOptions;
 
 /// `DATABASE_URL` with another user and password.
@@ -41,6 +44,22 @@ async fn drop_roles(world: &World, roles: &[&Role]) {
             .execute(&world.pool)
             .await
             .unwrap();
+    }
+}
+
+/// A handler with no effect of its own (so the consumer role needs only its
+/// inbox grants) that refuses one event for good.
+struct NoEffect {
+    poison: uuid::Uuid,
+}
+
+#[async_trait]
+impl Handler for NoEffect {
+    async fn handle(&self, event: &ReceivedEvent, _tx: &mut sqlx::PgConnection) -> Result<(), HandlerError> {
+        if event.id == self.poison {
+            return Err(HandlerError::permanent("refused on purpose"));
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +123,29 @@ async fn relay_runs_with_exactly_the_printed_grants_and_the_app_only_inserts() {
     drop(relay);
     assert!(!log.contains("permission denied"), "{log}");
     assert!(!log.contains("unencrypted"), "loopback connections need no TLS warning: {log}");
+    // An idempotent consumer works with the consumer role's grants: inbox
+    // rows for what it applies, a dead letter for what it cannot.
+    let consumer_pool = PgPoolOptions::new().max_connections(2).connect(&consumer.url).await.unwrap();
+    let poison = ids[0];
+    let mut config = ConsumerConfig::new(&world.brokers, unique("group"), &[&world.topic]);
+    config.max_attempts = 1;
+    let inbox = InboxConsumer::new(consumer_pool.clone(), &world.config, config, NoEffect { poison }).unwrap();
+    let stats = inbox.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let stop = stop.clone();
+        async move { inbox.run(stop).await }
+    });
+    let start = std::time::Instant::now();
+    while stats.applied() + stats.dead_lettered() < ids.len() as u64 {
+        assert!(start.elapsed() < Duration::from_secs(60), "consumer stuck: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!((stats.applied(), stats.dead_lettered()), (ids.len() as u64 - 1, 1));
+    consumer_pool.close().await;
+
     // It cannot change the schema.
     let relay_pool = PgPoolOptions::new().max_connections(1).connect(&relay_role.url).await.unwrap();
     let e = sqlx::query(&q("ALTER TABLE {o} ADD COLUMN x int")).execute(&relay_pool).await.unwrap_err();

@@ -93,9 +93,9 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 
-    /// File holding the PostgreSQL URL (a mounted secret), instead of
-    /// --database-url.
-    #[arg(long, env = "DATABASE_URL_FILE", global = true, conflicts_with = "database_url")]
+    /// File holding the PostgreSQL URL (a mounted secret); when given, it is
+    /// used instead of --database-url / DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE", global = true)]
     pub database_url_file: Option<std::path::PathBuf>,
 
     /// Schema holding the outbox tables.
@@ -129,7 +129,8 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
-    /// The database URL, from --database-url or read from --database-url-file.
+    /// The database URL: read from --database-url-file if given, else
+    /// --database-url.
     pub fn url(&self) -> Result<String, String> {
         if let Some(path) = &self.database_url_file {
             let text = std::fs::read_to_string(path)
@@ -427,8 +428,16 @@ mod tests {
         std::fs::write(&kafka_file, "sasl.password\n").unwrap();
         let err = run.kafka_config().unwrap_err();
         assert!(err.contains("line 1") && !err.contains("sasl.password="), "{err}");
-        assert!(Cli::try_parse_from(["outbox-relay", "--database-url", "postgres://a/b", "--database-url-file", "/x"])
-            .is_err());
+        // The file wins over a URL from the flag or the environment.
+        let both = Cli::try_parse_from([
+            "outbox-relay".as_ref(),
+            "--database-url".as_ref(),
+            "postgres://other@db/x".as_ref(),
+            "--database-url-file".as_ref(),
+            url_file.as_os_str(),
+        ])
+        .unwrap();
+        assert_eq!(both.db.url().unwrap(), "postgres://app:pw-from-file@db/orders");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
