@@ -529,23 +529,31 @@ async fn relay_kill(seed: u64) -> Outcome {
     let started = Instant::now();
     let world = world(None).await;
     let start = |fail: bool| {
-        let env: &[(&str, &str)] = if fail { &[("OUTBOX_FAILPOINT", "relay-after-publish@3")] } else { &[] };
+        let env: &[(&str, &str)] = if fail { &[("OUTBOX_FAILPOINT", "relay-after-publish@2")] } else { &[] };
         RelayProcess::start(&world.schema, &world.brokers, &["--batch-size", "100"], env)
     };
+    // procs[0] carries the failpoint until it has aborted there; it is not a
+    // SIGKILL victim before that, so both faults always happen.
     let mut procs = vec![start(true), start(false)];
+    let mut armed = true;
     let (mut kills, mut aborted) = (0, 0);
     let done = AtomicBool::new(false);
     let writes = during(load(&world, seed, 4, 400, 50, 10, Duration::from_millis(5)), &done, async {
         let mut rng = StdRng::seed_from_u64(seed);
-        while !done.load(Ordering::SeqCst) {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while (!done.load(Ordering::SeqCst) || armed) && Instant::now() < give_up {
             sleep_ms(rng.random_range(300..1500)).await;
-            for p in procs.iter_mut() {
+            for (i, p) in procs.iter_mut().enumerate() {
                 if let Ok(Some(_)) = p.child.try_wait() {
                     aborted += 1;
+                    armed &= i != 0;
                     *p = start(false);
                 }
             }
-            let victim = rng.random_range(0..procs.len());
+            if done.load(Ordering::SeqCst) {
+                continue;
+            }
+            let victim = if armed { 1 } else { rng.random_range(0..procs.len()) };
             let _ = procs[victim].child.kill();
             let _ = procs[victim].child.wait();
             kills += 1;
