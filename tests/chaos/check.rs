@@ -1,0 +1,229 @@
+//! The checker: what a scenario wrote against what reached the topic and
+//! what the consumer applied.
+
+use super::*;
+
+/// The checker's counts for one scenario.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) name: &'static str,
+    pub(crate) seed: u64,
+    pub(crate) seconds: f64,
+    pub(crate) attempted: usize,
+    pub(crate) committed: usize,
+    pub(crate) indeterminate: usize,
+    pub(crate) delivered: usize,
+    pub(crate) lost: usize,
+    pub(crate) unexpected: usize,
+    pub(crate) dup_topic: usize,
+    pub(crate) dup_effect: usize,
+    /// Events in the topic the consumer never applied.
+    pub(crate) unapplied: usize,
+    pub(crate) order_violations: usize,
+    pub(crate) stuck: usize,
+    /// Whether the fault was seen to act (a scenario whose fault did nothing
+    /// proves nothing).
+    pub(crate) fault_acted: bool,
+    pub(crate) note: String,
+}
+
+impl Outcome {
+    pub(crate) fn passed(&self) -> bool {
+        self.lost == 0
+            && self.unexpected == 0
+            && self.dup_effect == 0
+            && self.unapplied == 0
+            && self.order_violations == 0
+            && self.stuck == 0
+            && self.committed > 0
+            && self.fault_acted
+    }
+
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "{:<22} {} attempted={} committed={} indeterminate={} delivered={} lost={} unexpected={} dup_topic={} \
+             dup_effect={} unapplied={} order_violations={} stuck={} seed={} {:.1}s{}",
+            self.name,
+            if self.passed() { "ok  " } else { "FAIL" },
+            self.attempted,
+            self.committed,
+            self.indeterminate,
+            self.delivered,
+            self.lost,
+            self.unexpected,
+            self.dup_topic,
+            self.dup_effect,
+            self.unapplied,
+            self.order_violations,
+            self.stuck,
+            self.seed,
+            self.seconds,
+            if self.note.is_empty() { String::new() } else { format!(" ({})", self.note) }
+        )
+    }
+}
+
+/// How one write transaction ended, as far as the writer could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    Committed,
+    RolledBack,
+    /// COMMIT was sent but its answer was lost: either.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Written {
+    pub(crate) key: String,
+    pub(crate) n: i64,
+    pub(crate) id: Uuid,
+    pub(crate) fate: Fate,
+}
+
+/// Waits for the outbox to drain, reads the topic from offset 0, runs an
+/// idempotent consumer over it, and counts.
+pub(crate) async fn settle(
+    world: &World,
+    name: &'static str,
+    seed: u64,
+    started: Instant,
+    writes: &[Written],
+) -> Outcome {
+    settle_with(world, name, seed, started, writes, ConsumerFault::None).await.0
+}
+
+/// Events a typed handler cannot parse: they must end in the inbox
+/// dead-letter table, not in an effect and not in a crash loop.
+pub(crate) static UNPARSEABLE: std::sync::Mutex<Vec<Uuid>> = std::sync::Mutex::new(Vec::new());
+
+/// What happens to the consumers before the one that runs to the end.
+pub(crate) enum ConsumerFault<'a> {
+    None,
+    /// Runs (same group) each under one failpoint, in turn.
+    Crash(&'a [&'a str]),
+    /// Two consumers in the group; one is SIGKILLed as soon as effects
+    /// start to appear (mid-stream).
+    KillOneOfTwo,
+}
+
+/// [`settle`], with a consumer fault first; also returns how many consumer
+/// processes the fault took down.
+pub(crate) async fn settle_with(
+    world: &World,
+    name: &'static str,
+    seed: u64,
+    started: Instant,
+    writes: &[Written],
+    fault: ConsumerFault<'_>,
+) -> (Outcome, usize) {
+    let mut o = Outcome { name, seed, attempted: writes.len(), ..Default::default() };
+    let drained_by = Instant::now() + Duration::from_secs(90);
+    let mut pending = world.pending().await;
+    while pending > 0 && Instant::now() < drained_by {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pending = world.pending().await;
+    }
+    o.stuck = usize::try_from(pending).unwrap_or(0);
+    let mut committed: HashMap<String, Vec<(i64, Uuid)>> = HashMap::new();
+    let mut rolled_back = HashSet::new();
+    let mut unknown = HashSet::new();
+    for w in writes {
+        match w.fate {
+            Fate::Committed => committed.entry(w.key.clone()).or_default().push((w.n, w.id)),
+            Fate::RolledBack => {
+                rolled_back.insert(w.id);
+            }
+            Fate::Unknown => {
+                unknown.insert(w.id);
+            }
+        }
+    }
+    let committed: HashMap<String, Vec<Uuid>> = committed
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_unstable();
+            (k, v.into_iter().map(|(_, id)| id).collect())
+        })
+        .collect();
+    o.committed = total(&committed);
+    o.indeterminate = unknown.len();
+    let records = world.read_topic(o.committed);
+    let records: Vec<Record> = records.into_iter().filter(|r| !unknown.contains(&r.id)).collect();
+    let c = check(&records, &committed, &rolled_back);
+    (o.delivered, o.lost, o.unexpected, o.dup_topic, o.order_violations) =
+        (c.delivered, c.lost, c.unexpected, c.dup_topic, c.order_violations);
+    // The consume side: every event in the topic applied once.
+    let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+    let unparseable: HashSet<Uuid> = std::mem::take(&mut *UNPARSEABLE.lock().unwrap()).into_iter().collect();
+    let group = unique("chaos");
+    let expect = distinct.len() - distinct.intersection(&unparseable).count();
+    let mut crashed = 0;
+    let status = match fault {
+        ConsumerFault::None => run_consumer(world, &group, expect, None).0,
+        ConsumerFault::Crash(failpoints) => {
+            for failpoint in failpoints {
+                let (status, _) = run_consumer(world, &group, expect, Some(failpoint));
+                crashed += usize::from(!status.success());
+            }
+            run_consumer(world, &group, expect, None).0
+        }
+        ConsumerFault::KillOneOfTwo => {
+            let mut victim = spawn_consumer(world, &group, expect);
+            let survivor = spawn_consumer(world, &group, expect);
+            let waiting = Instant::now();
+            while effects_so_far(world).await == 0 && waiting.elapsed() < Duration::from_secs(30) {
+                sleep_ms(10).await;
+            }
+            if victim.try_wait().ok().flatten().is_none() {
+                let _ = victim.kill();
+                crashed += 1;
+            }
+            let _ = victim.wait();
+            tokio::task::spawn_blocking(move || survivor.wait_with_output()).await.unwrap().unwrap().status
+        }
+    };
+    let (effects, distinct_effects) = effects(world).await;
+    o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
+    o.unapplied = expect.saturating_sub(usize::try_from(distinct_effects).unwrap_or(0));
+    if !unparseable.is_empty() {
+        let ids: Vec<Uuid> = unparseable.iter().copied().collect();
+        let parked: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(DISTINCT event_id) FROM \"{}\".inbox_dead_letter WHERE event_id = ANY($1)",
+            world.schema
+        ))
+        .bind(&ids)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap_or(0);
+        // An unparseable event not parked is as bad as one not applied.
+        o.unapplied += ids.len().saturating_sub(usize::try_from(parked).unwrap_or(0));
+    }
+    if !status.success() {
+        o.note = format!("consumer exited {status}");
+        o.dup_effect = o.dup_effect.max(1);
+    }
+    o.seconds = started.elapsed().as_secs_f64();
+    (o, crashed)
+}
+
+/// The demo consumer as a child process, not waited for.
+pub(crate) fn spawn_consumer(world: &World, group: &str, expect: usize) -> std::process::Child {
+    std::process::Command::new(binary("consumer_service"))
+        .args(["--outbox-schema", &world.schema, "--app-schema", &format!("{}_app", world.schema)])
+        .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
+        .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])
+        .env("DATABASE_URL", &world.url)
+        .env("RUST_LOG", "warn")
+        .env_remove("OUTBOX_FAILPOINT")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Effect rows so far (0 while the consumer has not created its table).
+pub(crate) async fn effects_so_far(world: &World) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}_app\".effects", world.schema))
+        .fetch_one(&world.pool)
+        .await
+        .unwrap_or(0)
+}
