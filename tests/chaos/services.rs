@@ -91,8 +91,12 @@ pub(crate) async fn network_faults(seed: u64) -> Outcome {
         let mut rng = StdRng::seed_from_u64(seed);
         sleep_ms(1000).await;
         // At least six faults, however fast the writers are.
+        // Each kind of fault once, in a seeded order, then at random.
+        let mut plan = vec![0, 1, 2, 3];
+        rand::seq::SliceRandom::shuffle(plan.as_mut_slice(), &mut rng);
         while !done.load(Ordering::SeqCst) || faults.len() < 6 {
-            match rng.random_range(0..4) {
+            let kind = if faults.len() < plan.len() { plan[faults.len()] } else { rng.random_range(0..4) };
+            match kind {
                 0 => {
                     db.cut();
                     faults.push("db-cut");
@@ -120,7 +124,8 @@ pub(crate) async fn network_faults(seed: u64) -> Outcome {
     .await;
     let mut o = settle(&world, "network-faults", seed, started, &writes).await;
     let cut = db.cut_connections() + kafka.cut_connections();
-    o.fault_acted = faults.len() >= 6 && cut > 0;
+    let kinds: HashSet<&str> = faults.iter().copied().collect();
+    o.fault_acted = faults.len() >= 6 && kinds.len() == 4 && cut > 0;
     o.note = format!("{} faults ({}), {cut} connections cut", faults.len(), faults.join(" "));
     drop(procs);
     drop(broker);
