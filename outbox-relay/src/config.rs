@@ -346,6 +346,33 @@ impl fmt::Debug for KafkaSetting {
     }
 }
 
+/// Whether `host` (`host`, `host:port`, `[v6]:port`; a socket path) is this
+/// machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None if host.matches(':').count() > 1 => host, // bare IPv6
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host.is_empty() || host.starts_with('/') || host == "localhost" || host.starts_with("127.") || host == "::1"
+}
+
+/// Whether a PostgreSQL URL reaches another machine without requiring TLS.
+pub fn database_unencrypted(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let required = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| url.contains(m));
+    !is_loopback(host) && !required
+}
+
+/// Whether any broker is another machine and `security.protocol` is not TLS.
+pub fn kafka_unencrypted(brokers: &str, protocol: Option<&str>) -> bool {
+    let tls = protocol.is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"));
+    !tls && brokers.split(',').any(|b| !is_loopback(b))
+}
+
 /// librdkafka settings from a properties file: `key=value` lines, `#`
 /// comments and blank lines ignored. Errors name the line, never its value.
 fn read_settings(path: &std::path::Path) -> Result<Vec<KafkaSetting>, String> {
@@ -439,6 +466,20 @@ mod tests {
         .unwrap();
         assert_eq!(both.db.url().unwrap(), "postgres://app:pw-from-file@db/orders");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unencrypted_remote_connections_are_recognised() {
+        assert!(database_unencrypted("postgres://app:pw@db.internal:5432/orders"));
+        assert!(database_unencrypted("postgres://app@10.0.0.5/orders?sslmode=prefer"));
+        assert!(!database_unencrypted("postgres://app@db.internal/orders?sslmode=verify-full"));
+        assert!(!database_unencrypted("postgres://postgres@127.0.0.1:5432/orders"));
+        assert!(!database_unencrypted("postgres://postgres@localhost/orders"));
+        assert!(!database_unencrypted("postgres://postgres@[::1]:5432/orders"));
+        assert!(kafka_unencrypted("kafka-1:9092,127.0.0.1:9092", None));
+        assert!(kafka_unencrypted("kafka-1:9092", Some("SASL_PLAINTEXT")));
+        assert!(!kafka_unencrypted("kafka-1:9092", Some("SASL_SSL")));
+        assert!(!kafka_unencrypted("127.0.0.1:9092,localhost:9093,[::1]:9094", None));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Cli, Command, DbArgs, LogFormat, RunArgs, Wakeup};
+use crate::config::{
+    database_unencrypted, kafka_unencrypted, redact_url, Cli, Command, DbArgs, LogFormat, RunArgs, Wakeup,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,24 +169,13 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
 /// Warns when the relay talks to a non-loopback database or broker without
 /// TLS (credentials and events would cross the network in the clear).
 fn warn_if_unencrypted(db: &DbArgs, args: &RunArgs) {
-    let remote = |host: &str| {
-        let host = host.trim().trim_start_matches('[').split(']').next().unwrap_or_default();
-        !(host.is_empty() || host == "localhost" || host.starts_with("127.") || host == "::1" || host.starts_with('/'))
-    };
     if let Ok(url) = db.url() {
-        let after_at = url.split_once("://").map_or("", |(_, r)| r);
-        let authority = after_at.split(['/', '?']).next().unwrap_or_default();
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let encrypted = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| url.contains(m));
-        if remote(host) && !encrypted {
+        if database_unencrypted(&url) {
             tracing::warn!(database = %redact_url(&url), "database connection may be unencrypted: set sslmode=verify-full");
         }
     }
-    let protocol = args.kafka_config().ok().and_then(|c| c.setting("security.protocol").map(str::to_ascii_lowercase));
-    let encrypted = matches!(protocol.as_deref(), Some("ssl" | "sasl_ssl"));
-    let any_remote = args.kafka_brokers.split(',').any(|b| remote(b.rsplit_once(':').map_or(b, |(h, _)| h)));
-    if any_remote && !encrypted {
+    let protocol = args.kafka_config().ok().and_then(|c| c.setting("security.protocol").map(str::to_owned));
+    if kafka_unencrypted(&args.kafka_brokers, protocol.as_deref()) {
         tracing::warn!(brokers = %args.kafka_brokers, "Kafka connection is unencrypted: set -X security.protocol=SSL or SASL_SSL");
     }
 }
