@@ -15,14 +15,6 @@ use outbox::{
 };
 use sqlx::postgres::PgPoolOptions;
 
-/// `DATABASE_URL` with another user and password.
-fn url_as(role: &str, password: &str) -> String {
-    let url = database_url();
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{role}:{password}@{rest}")
-}
-
 /// A login role with no privileges, dropped with everything it owns at the end.
 struct Role {
     name: String,
@@ -34,7 +26,7 @@ async fn login_role(world: &World, what: &str) -> Role {
     let password = unique("pw");
     sqlx::raw_sql(&format!("CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")).execute(&world.pool).await.unwrap();
     // Connecting needs CONNECT on the database, which PUBLIC has by default.
-    Role { url: url_as(&name, &password), name }
+    Role { url: url_replacing(&database_url(), Some(&format!("{name}:{password}")), None), name }
 }
 
 async fn drop_roles(world: &World, roles: &[&Role]) {

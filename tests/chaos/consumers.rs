@@ -99,10 +99,7 @@ pub(crate) async fn bad_inputs(seed: u64) -> Outcome {
     // A role without privileges: the relay names what is missing and stops.
     let role = unique("bare");
     sqlx::raw_sql(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'chaos-pw'")).execute(&world.pool).await.unwrap();
-    let bare_url = {
-        let (scheme, rest) = world.url.split_once("://").unwrap();
-        format!("{scheme}://{role}:chaos-pw@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host))
-    };
+    let bare_url = url_replacing(&world.url, Some(&format!("{role}:chaos-pw")), None);
     let out = relay_command(&["--schema", &world.schema, "run"], &bare_url);
     let unprivileged_refused =
         out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("lacks privileges");

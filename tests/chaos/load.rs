@@ -200,17 +200,3 @@ pub(crate) async fn during(
 pub(crate) async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
-
-/// `host:port` of a database URL, and the URL with that part replaced.
-pub(crate) fn db_address(url: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (user, host) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
-    let host = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
-    let rebuild = move |addr: &str| {
-        let user = if user.is_empty() { String::new() } else { format!("{user}@") };
-        format!("{scheme}://{user}{addr}{tail}")
-    };
-    (host, rebuild("{addr}"))
-}

@@ -71,9 +71,8 @@ pub(crate) async fn network_faults(seed: u64) -> Outcome {
         return o;
     };
     let kafka = Proxy::start(kafka_port, &format!("127.0.0.1:{tansu_port}")).await;
-    let (db_target, url_template) = db_address(&database_url());
-    let db = Proxy::start(db_port, &db_target).await;
-    let relay_url = url_template.replace("{addr}", &format!("127.0.0.1:{db_port}"));
+    let db = Proxy::start(db_port, &url_address(&database_url())).await;
+    let relay_url = url_replacing(&database_url(), None, Some(&format!("127.0.0.1:{db_port}")));
     let world = world(Some(broker.brokers.clone())).await;
     let procs: Vec<RelayProcess> = (0..2)
         .map(|_| {

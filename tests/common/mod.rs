@@ -30,6 +30,28 @@ pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/outbox_test".into())
 }
 
+/// A database URL's parts: (`scheme`, user info, `host:port` with 5432 when
+/// none is given, the rest from the first `/` or `?`).
+fn url_parts(url: &str) -> (&str, Option<&str>, String, &str) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (user, host) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
+    let address = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
+    (scheme, user, address, tail)
+}
+
+/// The `host:port` a database URL points at.
+pub fn url_address(url: &str) -> String {
+    url_parts(url).2
+}
+
+/// `url` with its user (and password) and/or its `host:port` replaced.
+pub fn url_replacing(url: &str, user: Option<&str>, address: Option<&str>) -> String {
+    let (scheme, old_user, old_address, tail) = url_parts(url);
+    let user = user.or(old_user).map(|u| format!("{u}@")).unwrap_or_default();
+    format!("{scheme}://{user}{}{tail}", address.unwrap_or(&old_address))
+}
+
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
