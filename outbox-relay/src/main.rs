@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use outbox_core::{migrate, KafkaPublisher, OutboxAdmin, OutboxConfig, PgStore, Relay};
+use outbox_core::{migrate, KafkaPublisher, KafkaPublisherConfig, OutboxAdmin, OutboxConfig, PgStore, Relay};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -102,8 +102,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
-    let url = db.url().map_err(config_error)?;
-    let url = url.as_str();
+    connect_to(db, &db.url().map_err(config_error)?).await
+}
+
+async fn connect_to(db: &DbArgs, url: &str) -> anyhow::Result<PgPool> {
     let options: sqlx::postgres::PgConnectOptions =
         url.parse().map_err(|e| config_error(format!("invalid database URL {}: {e}", redact_url(url))))?;
     // A pool of its own: sessions start with the queue's planner settings,
@@ -121,9 +123,12 @@ async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
 async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Result<()> {
     let relay_config = args.relay_config();
     relay_config.validate().map_err(config_error)?;
-    let publisher = KafkaPublisher::new(args.kafka_config().map_err(config_error)?).map_err(config_error)?;
-    let pool = connect(db).await?;
-    warn_if_unencrypted(db, &args);
+    // Secrets files are read once, here.
+    let kafka = args.kafka_config().map_err(config_error)?;
+    let url = db.url().map_err(config_error)?;
+    warn_if_unencrypted(&url, &kafka);
+    let publisher = KafkaPublisher::new(kafka).map_err(config_error)?;
+    let pool = connect_to(db, &url).await?;
     if args.migrate {
         migrate::migrate(&pool, &outbox).await.context("migration failed")?;
     }
@@ -168,15 +173,12 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
 
 /// Warns when the relay talks to a non-loopback database or broker without
 /// TLS (credentials and events would cross the network in the clear).
-fn warn_if_unencrypted(db: &DbArgs, args: &RunArgs) {
-    if let Ok(url) = db.url() {
-        if database_unencrypted(&url) {
-            tracing::warn!(database = %redact_url(&url), "database connection may be unencrypted: set sslmode=verify-full");
-        }
+fn warn_if_unencrypted(database_url: &str, kafka: &KafkaPublisherConfig) {
+    if database_unencrypted(database_url) {
+        tracing::warn!(database = %redact_url(database_url), "database connection may be unencrypted: set sslmode=verify-full");
     }
-    let protocol = args.kafka_config().ok().and_then(|c| c.setting("security.protocol").map(str::to_owned));
-    if kafka_unencrypted(&args.kafka_brokers, protocol.as_deref()) {
-        tracing::warn!(brokers = %args.kafka_brokers, "Kafka connection is unencrypted: set -X security.protocol=SSL or SASL_SSL");
+    if kafka_unencrypted(kafka.brokers(), kafka.setting("security.protocol")) {
+        tracing::warn!(brokers = %kafka.brokers(), "Kafka connection is unencrypted: set -X security.protocol=SSL or SASL_SSL");
     }
 }
 
