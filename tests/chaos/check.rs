@@ -92,13 +92,12 @@ pub(crate) async fn settle(
     settle_with(world, name, seed, started, writes, ConsumerFault::None).await.0
 }
 
-/// Events a typed handler cannot parse: they must end in the inbox
-/// dead-letter table, not in an effect and not in a crash loop.
-pub(crate) static UNPARSEABLE: std::sync::Mutex<Vec<Uuid>> = std::sync::Mutex::new(Vec::new());
-
-/// What happens to the consumers before the one that runs to the end.
+/// What the consume side faces before the consumer that runs to the end.
 pub(crate) enum ConsumerFault<'a> {
     None,
+    /// Events the typed handler cannot parse: they must end in the inbox
+    /// dead-letter table, not in an effect and not in a crash loop.
+    Unparseable(&'a [Uuid]),
     /// Runs (same group) each under one failpoint, in turn.
     Crash(&'a [&'a str]),
     /// Two consumers in the group; one is SIGKILLed as soon as effects
@@ -154,12 +153,15 @@ pub(crate) async fn settle_with(
         (c.delivered, c.lost, c.unexpected, c.dup_topic, c.order_violations);
     // The consume side: every event in the topic applied once.
     let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
-    let unparseable: HashSet<Uuid> = std::mem::take(&mut *UNPARSEABLE.lock().unwrap()).into_iter().collect();
+    let unparseable: HashSet<Uuid> = match fault {
+        ConsumerFault::Unparseable(ids) => ids.iter().copied().collect(),
+        _ => HashSet::new(),
+    };
     let group = unique("chaos");
     let expect = distinct.len() - distinct.intersection(&unparseable).count();
     let mut crashed = 0;
     let status = match fault {
-        ConsumerFault::None => run_consumer(world, &group, expect, None).0,
+        ConsumerFault::None | ConsumerFault::Unparseable(_) => run_consumer(world, &group, expect, None).0,
         ConsumerFault::Crash(failpoints) => {
             for failpoint in failpoints {
                 let (status, _) = run_consumer(world, &group, expect, Some(failpoint));

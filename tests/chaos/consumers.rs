@@ -106,8 +106,8 @@ pub(crate) async fn bad_inputs(seed: u64) -> Outcome {
     sqlx::raw_sql(&format!("DROP ROLE \"{role}\"")).execute(&world.pool).await.unwrap();
     let mut writes = load(&world, seed, Load::new(4, 300, 50, 10, Duration::from_millis(3))).await;
     writes.extend(refused);
-    UNPARSEABLE.lock().unwrap().extend(unparseable.iter().copied());
-    let mut o = settle(&world, "bad-inputs", seed, started, &writes).await;
+    let (mut o, _) =
+        settle_with(&world, "bad-inputs", seed, started, &writes, ConsumerFault::Unparseable(&unparseable)).await;
     o.fault_acted = oversize_typed && hostile_refused && public_survives && unprivileged_refused;
     o.note = format!(
         "oversize refused with a typed error: {oversize_typed}; 3 unparseable events parked by the consumer; \
