@@ -21,7 +21,6 @@ struct State {
     cut: watch::Sender<u64>,
     /// Connections closed by `cut`.
     cut_connections: AtomicU64,
-    open: AtomicU64,
 }
 
 impl Proxy {
@@ -34,7 +33,6 @@ impl Proxy {
             stalled: AtomicBool::new(false),
             cut: watch::channel(0).0,
             cut_connections: AtomicU64::new(0),
-            open: AtomicU64::new(0),
         });
         let accept = tokio::spawn({
             let state = Arc::clone(&state);
@@ -79,7 +77,6 @@ async fn serve(client: TcpStream, state: Arc<State>) {
     let Ok(server) = TcpStream::connect(state.target.as_str()).await else { return };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    state.open.fetch_add(1, Ordering::SeqCst);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let pumps = async { tokio::join!(pump(cr, sw, &state), pump(sr, cw, &state)) };
@@ -89,7 +86,6 @@ async fn serve(client: TcpStream, state: Arc<State>) {
             state.cut_connections.fetch_add(1, Ordering::SeqCst);
         }
     }
-    state.open.fetch_sub(1, Ordering::SeqCst);
 }
 
 async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, state: &State) {
