@@ -114,6 +114,12 @@ pub enum Error {
     /// A Kafka client operation failed.
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// No saga of this type is registered with the orchestrator; nothing was written.
+    #[error("no saga named {0:?} is registered with this orchestrator")]
+    UnknownSaga(String),
+    /// A saga instance with this id already exists; nothing was written.
+    #[error("a saga with id {0} already exists")]
+    SagaExists(Uuid),
 }
 
 impl Error {

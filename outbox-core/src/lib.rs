@@ -12,6 +12,8 @@
 //! * **Consume side** — [`InboxConsumer`] runs your [`Handler`] in one
 //!   transaction with an inbox row keyed by (consumer group, event id), so a
 //!   redelivered event is acknowledged but never applied twice.
+//! * **Sagas** — [`saga`]: a persisted orchestrator built on the outbox and
+//!   the inbox, with compensations in reverse order and deadlines.
 //!
 //! Delivery to Kafka is at-least-once; effects through the inbox happen
 //! once per event id.
@@ -39,6 +41,7 @@ pub mod migrate;
 pub mod privileges;
 mod publish;
 mod relay;
+pub mod saga;
 pub mod secrets;
 mod store;
 pub mod trace;

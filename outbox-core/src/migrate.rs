@@ -49,10 +49,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "queue tuning: no slot index, fixed autovacuum thresholds",
         sql: include_str!("../../migrations/postgres/0006_queue_tuning.sql"),
     },
+    Migration {
+        version: 7,
+        description: "saga instances, history and participant commands",
+        sql: include_str!("../../migrations/postgres/0007_sagas.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST_VERSION: i64 = 6;
+pub const LATEST_VERSION: i64 = 7;
 
 /// Renders a migration's SQL for `config`'s (checked) identifiers.
 pub(crate) fn render(sql: &str, config: &OutboxConfig) -> String {
@@ -67,6 +72,11 @@ pub(crate) fn render(sql: &str, config: &OutboxConfig) -> String {
         .replace("{leases}", &config.qualified_suffix(config.outbox_table(), "leases"))
         .replace("{published}", &config.qualified_suffix(config.outbox_table(), "published"))
         .replace("{relays}", &config.qualified_suffix(config.outbox_table(), "relays"))
+        .replace("{saga_history}", &config.qualified_suffix(config.outbox_table(), "saga_history"))
+        .replace("{saga_commands_name}", &format!("{}_saga_commands", config.outbox_table()))
+        .replace("{saga_commands}", &config.qualified_suffix(config.outbox_table(), "saga_commands"))
+        .replace("{saga_name}", &format!("{}_saga", config.outbox_table()))
+        .replace("{saga}", &config.qualified_suffix(config.outbox_table(), "saga"))
         .replace("{slots}", &config.slots().to_string())
         .replace("{schema}", &config.schema().quoted())
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod inbox_sql;
 mod postgres;
+mod saga_sql;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::error::Result;
 pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
 pub(crate) use postgres::PgSql;
+pub(crate) use saga_sql::SagaSql;
 pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
 
 /// An outbox row claimed by the relay for publishing.
