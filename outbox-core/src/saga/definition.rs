@@ -115,7 +115,8 @@ impl SagaDefinition {
         }
         validate_topic(&self.reply_topic).map_err(|e| Error::Config(format!("saga {:?}: {e}", self.name)))?;
         for (i, s) in self.steps.iter().enumerate() {
-            validate_topic(&s.topic).map_err(|e| Error::Config(format!("saga {:?} step {}: {e}", self.name, s.name)))?;
+            validate_topic(&s.topic)
+                .map_err(|e| Error::Config(format!("saga {:?} step {}: {e}", self.name, s.name)))?;
             if s.name.trim().is_empty() || s.command.trim().is_empty() {
                 return bad(format!("step {i} needs a name and a command type"));
             }

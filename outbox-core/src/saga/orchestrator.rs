@@ -496,8 +496,7 @@ fn record_gauges(counts: &BTreeMap<(String, SagaStatus), i64>) {
 #[async_trait]
 impl Handler for SagaOrchestrator {
     async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError> {
-        let reply: SagaReply =
-            event.json().map_err(|e| HandlerError::permanent(format!("not a saga reply: {e}")))?;
+        let reply: SagaReply = event.json().map_err(|e| HandlerError::permanent(format!("not a saga reply: {e}")))?;
         self.apply_reply(tx, &reply).await
     }
 }

@@ -214,8 +214,7 @@ impl SagaParticipant {
             reason: outcome.reason.clone(),
             data: outcome.data.clone(),
         };
-        let message =
-            Message::json(&command.reply_to, REPLY_EVENT_TYPE, &reply)?.with_key(command.saga_id.to_string());
+        let message = Message::json(&command.reply_to, REPLY_EVENT_TYPE, &reply)?.with_key(command.saga_id.to_string());
         self.outbox.enqueue(&mut *tx, &message).await
     }
 }

@@ -18,8 +18,8 @@ use crate::error::Result;
 pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
 pub(crate) use postgres::PgSql;
-pub(crate) use saga_sql::SagaSql;
 pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
+pub(crate) use saga_sql::SagaSql;
 
 /// An outbox row claimed by the relay for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,247 @@
+//! The saga demo: three services — orders (the orchestrator), inventory and
+//! payments — each a separate process with its own database and its own
+//! relay, talking only through Kafka. Places N orders with configurable
+//! rates of stock shortage, card decline and participant timeout, can kill
+//! and restart one service (or relay) mid-run, then checks the invariants
+//! across the three databases.
+//!
+//! ```text
+//! cargo build --bins --examples && target/debug/examples/saga_demo --orders 300 --kill payments
+//! ```
+//!
+//! Last line: `saga demo: orders=N completed=X compensated=Y invariants=ok`
+//! (exit 0), or `invariants=FAILED` after the list of what broke (exit 1).
+
+mod check;
+mod processes;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use processes::{Service, Services};
+
+/// The three services, in start order.
+pub const SERVICES: [&str; 3] = ["inventory", "payments", "orders"];
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// PostgreSQL URL; each service gets its own database beside it
+    /// (`<name>_orders`, `<name>_inventory`, `<name>_payments`).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/outbox_demo"
+    )]
+    database_url: String,
+    /// Kafka brokers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Orders to place.
+    #[arg(long, default_value_t = 300)]
+    orders: u32,
+    /// Orders placed per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Share of orders for a SKU that runs out, in percent.
+    #[arg(long, default_value_t = 10)]
+    shortage_percent: u32,
+    /// Share of orders paid with a card that is declined, in percent.
+    #[arg(long, default_value_t = 10)]
+    decline_percent: u32,
+    /// Share of orders whose payment answers after the deadline, in percent.
+    #[arg(long, default_value_t = 5)]
+    timeout_percent: u32,
+    /// How long the orchestrator waits for each reply.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    step_deadline: Duration,
+    /// Seed of the order plan.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Kill (SIGKILL) this process mid-run and restart it: `orders`,
+    /// `inventory`, `payments`, or `relay-orders`, `relay-inventory`,
+    /// `relay-payments`. May be given more than once.
+    #[arg(long)]
+    kill: Vec<String>,
+    /// When to kill: after this share of the orders has been placed.
+    #[arg(long, default_value_t = 0.4)]
+    kill_at: f64,
+    /// How long a killed process stays down.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    down_for: Duration,
+    /// Directory of the `saga_service` example and the `outbox-relay`
+    /// binary (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where the services' and relays' logs go (default: a new temporary
+    /// directory, printed at the start).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Give up after this long.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").context("DATABASE_URL has no scheme")? + 3;
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(q) = query {
+        out = format!("{out}?{q}");
+    }
+    Ok(out)
+}
+
+fn database_name(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    let after = base.split_once("://").map_or(base, |(_, rest)| rest);
+    after.split_once('/').map(|(_, db)| db).filter(|db| !db.is_empty()).unwrap_or("outbox_demo").to_owned()
+}
+
+/// Creates the service's database if needed and empties it of earlier runs.
+async fn fresh_database(args: &Args, service: &str) -> anyhow::Result<(String, PgPool)> {
+    let name = format!("{}_{service}", database_name(&args.database_url));
+    let url = with_database(&args.database_url, &name)?;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&with_database(&args.database_url, "postgres")?)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&admin)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await?;
+    }
+    admin.close().await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&url).await?;
+    let app = if service == "orders" { "shop" } else { service };
+    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS outbox, {app} CASCADE")).execute(&pool).await?;
+    Ok((url, pool))
+}
+
+async fn create_topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let names: Vec<String> =
+        ["inventory.commands", "payments.commands", "orders.replies"].iter().map(|t| format!("{prefix}.{t}")).collect();
+    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        if let Err((topic, code)) = result {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("could not create topic {topic}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let prefix = format!("saga-demo-{}", chrono::Utc::now().timestamp_millis());
+    let log_dir = args.log_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(&prefix));
+    std::fs::create_dir_all(&log_dir)?;
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?.parent().context("no parent")?.to_path_buf(),
+    };
+    println!("== saga demo {prefix}: {} orders, logs in {}", args.orders, log_dir.display());
+
+    let mut pools = Vec::new();
+    let mut urls = Vec::new();
+    for service in SERVICES {
+        let (url, pool) = fresh_database(&args, service).await?;
+        urls.push(url);
+        pools.push(pool);
+    }
+    create_topics(&args.brokers, &prefix).await.context("creating the demo's topics")?;
+
+    let mut services = Services::new(&args, &bin_dir, &log_dir, &prefix, &urls)?;
+    for service in SERVICES {
+        services.start(Service::App(service)).await?;
+    }
+    for service in SERVICES {
+        services.start(Service::Relay(service)).await?;
+    }
+    println!("== running: 3 services and 3 relays up after {:.1}s", started.elapsed().as_secs_f64());
+
+    let orders_pool = &pools[2];
+    let mut killed = false;
+    let mut last_report = Instant::now();
+    loop {
+        if started.elapsed() > args.timeout {
+            services.stop().await;
+            bail!("the demo did not finish within {:?}; logs in {}", args.timeout, log_dir.display());
+        }
+        services.check_alive()?;
+        let (placed, open): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM shop.orders")
+                .fetch_one(orders_pool)
+                .await
+                .unwrap_or((0, 0));
+        if !killed && !args.kill.is_empty() && placed as f64 >= args.kill_at * f64::from(args.orders) {
+            killed = true;
+            for target in &args.kill {
+                let which = Service::parse(target)?;
+                println!("== kill -9 {target} after {placed} orders placed; back in {:?}", args.down_for);
+                services.kill(which)?;
+            }
+            tokio::time::sleep(args.down_for).await;
+            for target in &args.kill {
+                services.start(Service::parse(target)?).await?;
+                println!("== {target} restarted");
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            println!("   placed={placed} in_flight={open}");
+            last_report = Instant::now();
+        }
+        if placed == i64::from(args.orders) && open == 0 && check::quiet(&pools).await? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let report = check::check(&pools, args.orders).await?;
+    services.stop().await;
+    report.print();
+    println!("   took {:.1}s", started.elapsed().as_secs_f64());
+    let ok = report.violations.is_empty();
+    println!(
+        "saga demo: orders={} completed={} compensated={} invariants={}",
+        report.orders,
+        report.completed,
+        report.compensated,
+        if ok { "ok" } else { "FAILED" }
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_derived() {
+        let url = "postgres://u:p@h:5/app?sslmode=require";
+        assert_eq!(with_database(url, "x").unwrap(), "postgres://u:p@h:5/x?sslmode=require");
+        assert_eq!(database_name(url), "app");
+        assert_eq!(with_database("postgres://h", "x").unwrap(), "postgres://h/x");
+        assert_eq!(database_name("postgres://h"), "outbox_demo");
+    }
+}
