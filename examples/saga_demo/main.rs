@@ -151,7 +151,8 @@ async fn create_topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
-    let prefix = format!("saga-demo-{}", chrono::Utc::now().timestamp_millis());
+    // Unique per run: topics, consumer groups and the log directory.
+    let prefix = format!("saga-demo-{}-{}", chrono::Utc::now().timestamp_millis(), std::process::id());
     let log_dir = args.log_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(&prefix));
     std::fs::create_dir_all(&log_dir)?;
     let bin_dir = match &args.bin_dir {

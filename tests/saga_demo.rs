@@ -1,0 +1,69 @@
+//! The saga demo end to end: three services with their own databases and
+//! relays, one of them (and a relay) killed and restarted mid-run; the demo
+//! checks its invariants across the databases and must end with
+//! `invariants=ok`. Each test uses its own databases.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs the demo with `kills` into databases named after `name`; returns its output.
+fn run_demo(name: &str, kills: &[&str]) -> String {
+    let url = url_replacing(&database_url(), None, None);
+    let base = url.rsplit_once('/').unwrap().0;
+    let mut command = Command::new(binary("saga_demo"));
+    command
+        .args(["--database-url", &format!("{base}/{name}"), "--brokers", &brokers()])
+        .args(["--orders", "150", "--rate", "40", "--shortage-percent", "10", "--decline-percent", "10"])
+        .args(["--timeout-percent", "8", "--kill-at", "0.3", "--timeout", "240s"]);
+    for k in kills {
+        command.args(["--kill", k]);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "saga demo failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The number after `name=` in the demo's last line.
+fn field(line: &str, name: &str) -> i64 {
+    line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().parse().unwrap()
+}
+
+fn check(stdout: &str) {
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with("saga demo: ") && last.ends_with("invariants=ok"), "{stdout}");
+    assert_eq!(field(last, "orders"), 150);
+    assert_eq!(field(last, "completed") + field(last, "compensated"), 150, "{stdout}");
+    assert!(field(last, "completed") > 0, "{stdout}");
+    // Every failure mode happened: shortage, decline and timeout.
+    for reason in ["out of stock", "card declined", "timed out"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("| compensated") && l.contains(reason)),
+            "no {reason:?}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn orchestrator_and_a_relay_killed_mid_run() {
+    let stdout = run_demo("saga_test_a", &["orders", "relay-payments"]);
+    assert!(stdout.contains("== kill -9 orders") && stdout.contains("== orders restarted"), "{stdout}");
+    check(&stdout);
+}
+
+#[test]
+fn both_participants_killed_mid_run() {
+    let stdout = run_demo("saga_test_b", &["payments", "inventory", "relay-orders"]);
+    assert!(stdout.contains("== kill -9 payments") && stdout.contains("== inventory restarted"), "{stdout}");
+    check(&stdout);
+}
