@@ -20,3 +20,11 @@ GRANT SELECT ON {migrations} TO {relay_role};
 GRANT USAGE ON SCHEMA {schema} TO {consumer_role};
 GRANT SELECT, INSERT, DELETE ON {inbox} TO {consumer_role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {inbox_dead_letter} TO {consumer_role};
+
+-- Sagas (outbox_core::saga). Starting a saga writes its instance and first
+-- command in the application's transaction; the orchestrator's reply
+-- consumer and the participants run as the consumer role, and send their
+-- commands and replies through the outbox.
+GRANT SELECT, INSERT ON {saga}, {saga_history} TO {app_role};
+GRANT INSERT ON {outbox} TO {consumer_role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {saga}, {saga_history}, {saga_commands} TO {consumer_role};
