@@ -8,14 +8,17 @@
 #
 #   DATABASE_URL   PostgreSQL to use   (default postgres://postgres@127.0.0.1:5432/outbox_test)
 #   KAFKA_BROKERS  Kafka-API brokers   (default 127.0.0.1:9092)
+#   REDIS_URL      Redis (flash sale)  (default redis://127.0.0.1:6379)
 
 OUTBOX_STATE_DIR="${OUTBOX_STATE_DIR:-$HOME/.cache/outbox}"
 mkdir -p "$OUTBOX_STATE_DIR"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/outbox_test}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 TANSU_VERSION=0.6.0
 _STARTED_PG_DIR=""
 _STARTED_TANSU_PID=""
+_STARTED_REDIS_PID=""
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -92,13 +95,39 @@ start_kafka() {
   _wait_port "$host" "$port" tansu
 }
 
+# host and port of a redis URL (redis://[user:pw@]host[:port][/db])
+_redis_host() { local a="${REDIS_URL#*://}"; a="${a%%/*}"; a="${a##*@}"; echo "${a%%:*}"; }
+_redis_port() { local a="${REDIS_URL#*://}"; a="${a%%/*}"; a="${a##*@}"; [[ "$a" == *:* ]] && echo "${a##*:}" || echo 6379; }
+
+start_redis() {
+  local host port
+  host=$(_redis_host); port=$(_redis_port)
+  if answers "$host" "$port"; then log "Redis answers at $host:$port"; return 0; fi
+  _is_local "$host" || { log "Redis at $host:$port does not answer and is not local"; return 1; }
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing Redis (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null || return 1
+  fi
+  log "starting a private Redis on $host:$port"
+  redis-server --port "$port" --bind "$host" --save "" --appendonly no \
+    >"$OUTBOX_STATE_DIR/redis-$port.log" 2>&1 &
+  _STARTED_REDIS_PID=$!
+  _wait_port "$host" "$port" Redis
+}
+
 services_start() {
   start_postgres || { log "could not start PostgreSQL"; return 1; }
   start_kafka || { log "could not start a Kafka-API broker"; return 1; }
+  start_redis || { log "could not start Redis"; return 1; }
   install_tansu >/dev/null 2>&1 || true   # tests that pause a private broker use it when present
 }
 
 services_stop() {
+  if [[ -n "$_STARTED_REDIS_PID" ]]; then
+    kill "$_STARTED_REDIS_PID" 2>/dev/null; wait "$_STARTED_REDIS_PID" 2>/dev/null
+    log "stopped Redis"
+  fi
   if [[ -n "$_STARTED_TANSU_PID" ]]; then
     kill "$_STARTED_TANSU_PID" 2>/dev/null; wait "$_STARTED_TANSU_PID" 2>/dev/null
     log "stopped tansu"
