@@ -244,6 +244,17 @@ async fn failed_step_compensates_completed_steps_in_reverse_order() {
     assert_eq!(finished, vec![("compensated".to_owned(),)], "the listener ran once, in the last transition");
     let counts = rig.orchestrator.counts(&rig.world.pool).await.unwrap();
     assert_eq!(counts.get(&("four".to_owned(), SagaStatus::Compensated)), Some(&1));
+    // The operator's view: `outbox-relay sagas <id> --json`.
+    let output = std::process::Command::new(binary("outbox-relay"))
+        .args(["sagas", &id.to_string(), "--json", "--schema", &rig.world.schema])
+        .env("DATABASE_URL", &rig.world.url)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["saga"]["status"], "compensated");
+    assert_eq!(shown["history"].as_array().unwrap().len(), 6);
+    assert_eq!(shown["history"][4]["action"], "compensate");
     rig.stop();
 }
 

@@ -40,6 +40,8 @@ pub enum Command {
     /// Inspect, retry or discard dead-lettered events.
     #[command(subcommand)]
     DeadLetters(crate::admin::DeadLetterCommand),
+    /// Show sagas: counts by type and status, or one saga with its history.
+    Sagas(crate::sagas::SagasArgs),
     /// Print the least-privilege GRANT statements for this outbox (run them
     /// as the tables' owner after `migrate`); needs no database.
     Grants(GrantsArgs),

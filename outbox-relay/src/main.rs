@@ -6,6 +6,7 @@
 mod admin;
 mod config;
 mod http;
+mod sagas;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -81,6 +82,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = connect(&cli.db).await?;
             require_migrated(&pool, &outbox).await?;
             admin::dead_letters(&OutboxAdmin::new(pool, &outbox), &command).await
+        }
+        Some(Command::Sagas(args)) => {
+            let pool = connect(&cli.db).await?;
+            require_migrated(&pool, &outbox).await?;
+            sagas::sagas(&pool, &outbox, &args).await
         }
         Some(Command::Replay(args)) => {
             let pool = connect(&cli.db).await?;
