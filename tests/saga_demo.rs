@@ -11,8 +11,9 @@ use std::process::Command;
 
 use common::*;
 
-/// Runs the demo with `kills` into databases named after `name`; returns its output.
-fn run_demo(name: &str, kills: &[&str]) -> String {
+/// Runs the demo with `extra` arguments into databases named after `name`;
+/// returns its output.
+fn run_demo(name: &str, extra: &[&str]) -> String {
     let url = url_replacing(&database_url(), None, None);
     let base = url.rsplit_once('/').unwrap().0;
     let mut command = Command::new(binary("saga_demo"));
@@ -20,9 +21,7 @@ fn run_demo(name: &str, kills: &[&str]) -> String {
         .args(["--database-url", &format!("{base}/{name}"), "--brokers", &brokers()])
         .args(["--orders", "150", "--rate", "40", "--shortage-percent", "10", "--decline-percent", "10"])
         .args(["--timeout-percent", "8", "--kill-at", "0.3", "--timeout", "240s"]);
-    for k in kills {
-        command.args(["--kill", k]);
-    }
+    command.args(extra);
     let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
@@ -56,14 +55,37 @@ fn check(stdout: &str) {
 
 #[test]
 fn orchestrator_and_a_relay_killed_mid_run() {
-    let stdout = run_demo("saga_test_a", &["orders", "relay-payments"]);
+    let stdout = run_demo("saga_test_a", &["--kill", "orders", "--kill", "relay-payments"]);
     assert!(stdout.contains("== kill -9 orders") && stdout.contains("== orders restarted"), "{stdout}");
     check(&stdout);
 }
 
 #[test]
 fn both_participants_killed_mid_run() {
-    let stdout = run_demo("saga_test_b", &["payments", "inventory", "relay-orders"]);
+    let stdout = run_demo("saga_test_b", &["--kill", "payments", "--kill", "inventory", "--kill", "relay-orders"]);
     assert!(stdout.contains("== kill -9 payments") && stdout.contains("== inventory restarted"), "{stdout}");
+    check(&stdout);
+}
+
+/// Crashes at exact points: the orchestrator and a participant abort right
+/// after an inbox transaction committed (their Kafka offsets not stored, so
+/// the replies and commands come again), and a relay aborts after the
+/// broker confirmed a batch it had not marked yet (so it is published again).
+#[test]
+fn crashes_between_commit_and_acknowledgement() {
+    let stdout = run_demo(
+        "saga_test_c",
+        &[
+            "--crash",
+            "orders:inbox-after-commit@40",
+            "--crash",
+            "payments:inbox-after-commit@25",
+            "--crash",
+            "relay-inventory:relay-after-publish@3",
+        ],
+    );
+    for who in ["orders", "payments", "relay-inventory"] {
+        assert!(stdout.contains(&format!("== {who} crashed at its failpoint")), "{who} did not crash:\n{stdout}");
+    }
     check(&stdout);
 }

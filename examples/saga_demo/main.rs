@@ -71,6 +71,12 @@ struct Args {
     /// `relay-payments`. May be given more than once.
     #[arg(long)]
     kill: Vec<String>,
+    /// Arm a failpoint in a process, e.g. `orders:inbox-after-commit@30`
+    /// (abort after the 30th reply applied, before its offset is stored) or
+    /// `relay-payments:relay-after-publish@5`; the process is restarted when
+    /// it aborts there. May be given more than once.
+    #[arg(long)]
+    crash: Vec<String>,
     /// When to kill: after this share of the orders has been placed.
     #[arg(long, default_value_t = 0.4)]
     kill_at: f64,
@@ -187,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
             services.stop().await;
             bail!("the demo did not finish within {:?}; logs in {}", args.timeout, log_dir.display());
         }
-        services.check_alive()?;
+        services.supervise().await?;
         let (placed, open): (i64, i64) =
             sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM shop.orders")
                 .fetch_one(orders_pool)
@@ -219,7 +225,15 @@ async fn main() -> anyhow::Result<()> {
     services.stop().await;
     report.print();
     println!("   took {:.1}s", started.elapsed().as_secs_f64());
-    let ok = report.violations.is_empty();
+    let mut ok = report.violations.is_empty();
+    if services.crashed() < args.crash.len() as u32 {
+        println!(
+            "   VIOLATION: {} of {} armed failpoints were never reached",
+            args.crash.len() as u32 - services.crashed(),
+            args.crash.len()
+        );
+        ok = false;
+    }
     println!(
         "saga demo: orders={} completed={} compensated={} invariants={}",
         report.orders,

@@ -48,6 +48,9 @@ pub struct Services {
     prefix: String,
     urls: BTreeMap<&'static str, String>,
     children: BTreeMap<String, Child>,
+    /// Failpoints still armed, by process label (`OUTBOX_FAILPOINT` values).
+    crashes: BTreeMap<String, String>,
+    crashed: u32,
 }
 
 impl Services {
@@ -68,6 +71,16 @@ impl Services {
             prefix: prefix.to_owned(),
             urls: SERVICES.iter().copied().zip(urls.iter().cloned()).collect(),
             children: BTreeMap::new(),
+            crashes: args
+                .crash
+                .iter()
+                .map(|c| {
+                    let (who, point) =
+                        c.split_once(':').with_context(|| format!("--crash {c:?}: expected PROCESS:FAILPOINT"))?;
+                    Ok((Service::parse(who)?.label(), point.to_owned()))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            crashed: 0,
         })
     }
 
@@ -105,7 +118,10 @@ impl Services {
                 c
             }
         };
-        command.stderr(self.log(which)?).kill_on_drop(true);
+        command.stderr(self.log(which)?).kill_on_drop(true).env_remove("OUTBOX_FAILPOINT");
+        if let Some(point) = self.crashes.get(&which.label()) {
+            command.env("OUTBOX_FAILPOINT", point);
+        }
         let mut child = command.spawn().with_context(|| format!("starting {}", which.label()))?;
         if let Some(stdout) = child.stdout.take() {
             let mut lines = BufReader::new(stdout).lines();
@@ -136,17 +152,33 @@ impl Services {
         Ok(())
     }
 
-    /// Fails if a process has exited by itself.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    /// Restarts a process that aborted at its armed failpoint (the crash
+    /// `--crash` asked for); fails if a process exited any other way.
+    pub async fn supervise(&mut self) -> anyhow::Result<()> {
+        let mut crashed = Vec::new();
         for (label, child) in &mut self.children {
             if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{label} exited on its own ({status}); see {}",
-                    self.log_dir.join(format!("{label}.log")).display()
-                );
+                if self.crashes.remove(label).is_none() {
+                    bail!(
+                        "{label} exited on its own ({status}); see {}",
+                        self.log_dir.join(format!("{label}.log")).display()
+                    );
+                }
+                println!("== {label} crashed at its failpoint ({status}); restarting it");
+                crashed.push(label.clone());
             }
         }
+        for label in crashed {
+            self.children.remove(&label);
+            self.start(Service::parse(&label)?).await?;
+            self.crashed += 1;
+        }
         Ok(())
+    }
+
+    /// Processes that crashed at a failpoint and were restarted.
+    pub fn crashed(&self) -> u32 {
+        self.crashed
     }
 
     /// Stops every process (SIGTERM, then SIGKILL after 10 s).
