@@ -5,10 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use outbox::Outbox;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use outbox::{Outbox, TopicCreation};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use sqlx::PgPool;
@@ -44,18 +41,8 @@ pub async fn set_up(
     let () = redis.set_ex(keys.stock(), args.items, day).await?;
     let () = redis.set_ex(keys.returned(), 0, day).await?;
 
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
-    let names = [args.topic("purchases"), args.topic("rejections")];
-    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&topics, &options).await? {
-        if let Err((topic, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("could not create topic {topic}: {code}");
-            }
-        }
-    }
+    let topics = [args.topic("purchases"), args.topic("rejections")];
+    TopicCreation { partitions: 3, replication: 1 }.create(&args.brokers, &[&topics[0], &topics[1]]).await?;
     Ok(())
 }
 

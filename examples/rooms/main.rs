@@ -24,11 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use outbox::{CancellationToken, Outbox, OutboxConfig};
+use outbox::{CancellationToken, Outbox, OutboxConfig, TopicCreation};
 use rand::Rng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -187,11 +184,9 @@ async fn run(mut args: Args, pool: sqlx::PgPool) -> anyhow::Result<()> {
     // Room ids unique to this run, so its topics are new.
     let first_room = chrono::Utc::now().timestamp_millis() % 1_000_000_000 * 100;
     let rooms: Vec<i64> = (1..=args.rooms).map(|r| first_room + r).collect();
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
     let names: Vec<String> = rooms.iter().map(|r| server::topic(*r)).collect();
-    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1))).collect();
-    admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    TopicCreation { partitions: 1, replication: 1 }.create(&args.brokers, &names).await?;
 
     let mut processes = Processes {
         args: args.clone(),

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use outbox::TopicCreation;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -137,22 +135,6 @@ async fn fresh_database(args: &Args, service: &str) -> anyhow::Result<(String, P
     Ok((url, pool))
 }
 
-async fn create_topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let names: Vec<String> =
-        ["inventory.commands", "payments.commands", "orders.replies"].iter().map(|t| format!("{prefix}.{t}")).collect();
-    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&topics, &options).await? {
-        if let Err((topic, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("could not create topic {topic}: {code}");
-            }
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -174,7 +156,11 @@ async fn main() -> anyhow::Result<()> {
         urls.push(url);
         pools.push(pool);
     }
-    create_topics(&args.brokers, &prefix).await.context("creating the demo's topics")?;
+    let topics = ["inventory.commands", "payments.commands", "orders.replies"].map(|t| format!("{prefix}.{t}"));
+    TopicCreation { partitions: 3, replication: 1 }
+        .create(&args.brokers, &topics.each_ref().map(String::as_str))
+        .await
+        .context("creating the demo's topics")?;
 
     let mut services = Services::new(&args, &bin_dir, &log_dir, &prefix, &urls)?;
     for service in SERVICES {

@@ -17,8 +17,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use outbox::{Outbox, OutboxConfig};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -158,13 +156,8 @@ impl World {
 }
 
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let result =
-        admin.create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await;
-    let result = result.unwrap();
-    assert!(result.iter().all(Result::is_ok), "create topic {topic}: {result:?}");
+    let creation = outbox::TopicCreation { partitions, replication: 1 };
+    creation.create(brokers, &[topic]).await.unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
 }
 
 /// A binary of this workspace (the relay or an example), built by

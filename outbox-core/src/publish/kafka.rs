@@ -35,6 +35,36 @@ pub struct TopicCreation {
     pub replication: i32,
 }
 
+impl TopicCreation {
+    /// Creates `topics` on `brokers` (plain connection; use the relay's
+    /// `--create-topics` for TLS/SASL) with these partitions and replication;
+    /// topics that already exist are left as they are. For set-up scripts,
+    /// examples and tests: the relay creates missing topics itself.
+    ///
+    /// ```no_run
+    /// # async fn f() -> outbox_core::Result<()> {
+    /// use outbox_core::TopicCreation;
+    /// TopicCreation { partitions: 3, replication: 1 }.create("localhost:9092", &["orders", "payments"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create(&self, brokers: &str, topics: &[&str]) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&new, &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(Error::Kafka(KafkaError::AdminOp(code))),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How to reach Kafka.
 ///
 /// ```
