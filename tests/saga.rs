@@ -10,10 +10,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::*;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outbox::saga::{
     Action, Decision, SagaCommand, SagaDefinition, SagaInstance, SagaListener, SagaOrchestrator, SagaParticipant,
     SagaStatus, SagaStep, StepOutcome,
@@ -62,6 +64,21 @@ impl Handler for Script {
     }
 }
 
+/// The metrics this test process records, as Prometheus text.
+fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+}
+
+/// The value of the first metric line named `name` whose labels include all of `labels`.
+fn metric(name: &str, labels: &[&str]) -> Option<f64> {
+    metrics().render().lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let matches = series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// Records each saga's terminal state, in its last transaction.
 struct Finished(String);
 
@@ -92,6 +109,7 @@ impl Rig {
         saga: impl FnOnce(&str, &str) -> SagaDefinition,
         script: impl FnOnce(SagaParticipant, String) -> Script,
     ) -> Rig {
+        metrics(); // recording from the first saga on
         let world = World::new(3).await;
         let s = &world.schema;
         sqlx::raw_sql(&format!(
@@ -283,6 +301,18 @@ async fn saga_whose_steps_all_succeed_completes() {
         assert_eq!(rig.history(id).await, vec![ok(0, Action::Execute), ok(1, Action::Execute)]);
         assert_eq!(rig.effects(id).await, vec![effect(0, "execute"), effect(1, "execute")]);
     }
+    // Metrics: started, per-status gauges (from the database, by the
+    // deadline loop), step latency.
+    assert_eq!(metric("outbox_saga_started_total", &[r#"saga="two""#]), Some(3.0));
+    let start = Instant::now();
+    while metric("outbox_sagas", &[r#"saga="two""#, r#"status="completed""#]) != Some(3.0) {
+        assert!(start.elapsed() < Duration::from_secs(10), "gauge not updated:\n{}", metrics().render());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric("outbox_sagas", &[r#"saga="two""#, r#"status="running""#]), Some(0.0));
+    let step_b = [r#"saga="two""#, r#"step="b""#, r#"action="execute""#, r#"outcome="succeeded""#];
+    assert_eq!(metric("outbox_saga_step_seconds_count", &step_b), Some(3.0), "{}", metrics().render());
+
     // Starting the same saga id twice, or an unknown saga, writes nothing.
     let mut tx = rig.world.pool.begin().await.unwrap();
     let again = rig.orchestrator.start(&mut tx, "two", ids[0], json!({})).await;
