@@ -89,6 +89,7 @@ pub struct SagaOrchestrator {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     outbox: Outbox,
     sql: SagaSql,
@@ -123,27 +124,16 @@ impl SagaOrchestrator {
     }
 
     /// Calls `listener` whenever a saga reaches a terminal state.
-    pub fn with_listener(self, listener: impl SagaListener) -> Self {
-        self.rebuild(|inner| inner.listener = Some(Arc::new(listener)))
+    pub fn with_listener(mut self, listener: impl SagaListener) -> Self {
+        Arc::make_mut(&mut self.inner).listener = Some(Arc::new(listener));
+        self
     }
 
     /// How often [`run_deadlines`](Self::run_deadlines) looks for sagas past
     /// their deadline (default 1 s).
-    pub fn with_sweep_interval(self, every: Duration) -> Self {
-        self.rebuild(|inner| inner.sweep_interval = every)
-    }
-
-    fn rebuild(self, change: impl FnOnce(&mut Inner)) -> Self {
-        let old = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            outbox: shared.outbox.clone(),
-            sql: SagaSql::new(shared.outbox.config()),
-            sagas: shared.sagas.clone(),
-            listener: shared.listener.clone(),
-            sweep_interval: shared.sweep_interval,
-        });
-        let mut inner = old;
-        change(&mut inner);
-        SagaOrchestrator { inner: Arc::new(inner) }
+    pub fn with_sweep_interval(mut self, every: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).sweep_interval = every;
+        self
     }
 
     /// The definition registered under `name`.
@@ -343,13 +333,24 @@ impl SagaOrchestrator {
         Ok(row.map(|r| SagaInstance::from_row(&r)).transpose()?)
     }
 
+    /// The definition `instance` runs under, which must know its step.
     fn def(&self, instance: &SagaInstance) -> Result<&SagaDefinition, HandlerError> {
-        self.inner.sagas.get(&instance.saga_type).ok_or_else(|| {
+        let def = self.inner.sagas.get(&instance.saga_type).ok_or_else(|| {
             HandlerError::retry(format!(
                 "saga {} is of type {:?}, which this orchestrator does not know (an older or newer deployment?)",
                 instance.id, instance.saga_type
             ))
-        })
+        })?;
+        if usize::try_from(instance.step).map_or(true, |step| step >= def.steps.len()) {
+            return Err(HandlerError::retry(format!(
+                "saga {} is at step {} but {:?} has {} steps here (an older or newer deployment?)",
+                instance.id,
+                instance.step,
+                def.name,
+                def.steps.len()
+            )));
+        }
+        Ok(def)
     }
 
     /// Records the state `next` leads to and sends its command.

@@ -4,7 +4,7 @@
 use crate::config::OutboxConfig;
 
 /// Statements of the saga orchestrator and participants.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SagaSql {
     pub(crate) insert: String,
     pub(crate) lock: String,
