@@ -313,10 +313,19 @@ async fn saga_whose_steps_all_succeed_completes() {
     let step_b = [r#"saga="two""#, r#"step="b""#, r#"action="execute""#, r#"outcome="succeeded""#];
     assert_eq!(metric("outbox_saga_step_seconds_count", &step_b), Some(3.0), "{}", metrics().render());
 
+    // Retention: finished sagas (with their history) and remembered
+    // commands are deleted; nothing else is.
+    assert_eq!(rig.orchestrator.cleanup(&rig.world.pool, Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(rig.orchestrator.cleanup(&rig.world.pool, Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(rig.orchestrator.status(&rig.world.pool, ids[0]).await.unwrap(), None);
+    assert!(rig.orchestrator.history(&rig.world.pool, ids[0]).await.unwrap().is_empty());
+    assert_eq!(rig.participant.cleanup(&rig.world.pool, Duration::ZERO).await.unwrap(), 6);
+
     // Starting the same saga id twice, or an unknown saga, writes nothing.
+    let existing = rig.start_saga("two").await;
     let mut tx = rig.world.pool.begin().await.unwrap();
-    let again = rig.orchestrator.start(&mut tx, "two", ids[0], json!({})).await;
-    assert!(matches!(again, Err(outbox::Error::SagaExists(id)) if id == ids[0]), "{again:?}");
+    let again = rig.orchestrator.start(&mut tx, "two", existing, json!({})).await;
+    assert!(matches!(again, Err(outbox::Error::SagaExists(id)) if id == existing), "{again:?}");
     drop(tx);
     let mut tx = rig.world.pool.begin().await.unwrap();
     let unknown = rig.orchestrator.start(&mut tx, "nope", Uuid::now_v7(), json!({})).await;

@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS {saga} (
 -- The deadline sweep looks only at sagas that are still moving.
 CREATE INDEX IF NOT EXISTS "{saga_name}_deadline_idx" ON {saga} (deadline) WHERE status IN ('running', 'compensating');
 CREATE INDEX IF NOT EXISTS "{saga_name}_status_idx" ON {saga} (saga_type, status);
+-- Retention deletes finished sagas oldest first.
+CREATE INDEX IF NOT EXISTS "{saga_name}_finished_idx" ON {saga} (updated_at) WHERE status IN ('completed', 'compensated');
 
 -- What each saga did: one row per command or compensation sent, completed
 -- with its outcome when the reply (or the deadline) arrives.

@@ -26,6 +26,9 @@ use crate::inbox::{Handler, HandlerError, ReceivedEvent};
 use crate::message::Message;
 use crate::store::SagaSql;
 
+/// How long finished sagas are kept by default.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Longest wait before a compensation is sent again.
 const MAX_COMPENSATION_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -96,6 +99,7 @@ struct Inner {
     sagas: HashMap<String, SagaDefinition>,
     listener: Option<Arc<dyn SagaListener>>,
     sweep_interval: Duration,
+    retention: Option<Duration>,
 }
 
 /// Where a transition leads.
@@ -119,7 +123,14 @@ impl SagaOrchestrator {
         }
         let sql = SagaSql::new(outbox.config());
         Ok(SagaOrchestrator {
-            inner: Arc::new(Inner { outbox, sql, sagas: map, listener: None, sweep_interval: Duration::from_secs(1) }),
+            inner: Arc::new(Inner {
+                outbox,
+                sql,
+                sagas: map,
+                listener: None,
+                sweep_interval: Duration::from_secs(1),
+                retention: Some(DEFAULT_RETENTION),
+            }),
         })
     }
 
@@ -133,6 +144,14 @@ impl SagaOrchestrator {
     /// their deadline (default 1 s).
     pub fn with_sweep_interval(mut self, every: Duration) -> Self {
         Arc::make_mut(&mut self.inner).sweep_interval = every;
+        self
+    }
+
+    /// How long [`run_deadlines`](Self::run_deadlines) keeps completed and
+    /// compensated sagas (and their history) before deleting them; `None`
+    /// keeps them forever. Default 7 days. Failed sagas are never deleted.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        Arc::make_mut(&mut self.inner).retention = retention;
         self
     }
 
@@ -274,16 +293,28 @@ impl SagaOrchestrator {
     }
 
     /// Sweeps deadlines every [`with_sweep_interval`](Self::with_sweep_interval)
-    /// and publishes the instance gauges until `shutdown` is cancelled. Run it
-    /// beside the reply consumer; several replicas may run it at once.
+    /// until `shutdown` is cancelled; every tenth sweep it also publishes the
+    /// `outbox_sagas` gauges and deletes finished sagas past their
+    /// [retention](Self::with_retention). Run it beside the reply consumer;
+    /// several replicas may run it at once.
     pub async fn run_deadlines(self, pool: PgPool, shutdown: CancellationToken) {
-        loop {
+        for sweep in 0_u64.. {
             if let Err(e) = self.expire_deadlines(&pool, 1000).await {
                 tracing::warn!(error = %e, "saga deadline sweep failed");
             }
-            match self.counts(&pool).await {
-                Ok(counts) => record_gauges(&counts),
-                Err(e) => tracing::debug!(error = %e, "could not count sagas"),
+            // Counting and cleaning up scan more: every tenth sweep.
+            if sweep % 10 == 0 {
+                match self.counts(&pool).await {
+                    Ok(counts) => record_gauges(&counts),
+                    Err(e) => tracing::debug!(error = %e, "could not count sagas"),
+                }
+                if let Some(retention) = self.inner.retention {
+                    match self.cleanup(&pool, retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "deleted finished sagas past their retention"),
+                        Err(e) => tracing::warn!(error = %e, "saga cleanup failed"),
+                    }
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.sweep_interval) => {}
