@@ -80,6 +80,12 @@ struct Args {
     /// SIGKILL this process mid-run and restart it: `consumer` or `relay` (repeatable).
     #[arg(long)]
     kill: Vec<String>,
+    /// How long a killed process stays down. Longer than the consumer's
+    /// 6 s session timeout by default: tansu 0.6 keeps a dead group leader
+    /// whose successor rejoins within that time, and the group then never
+    /// gets its partitions again (Apache Kafka evicts it).
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    down_for: Duration,
     /// Kill once the slow path has handled this many purchases.
     #[arg(long, default_value_t = 30)]
     kill_after: i64,
@@ -296,7 +302,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                         println!("== kill -9 {k}");
                         children.kill(k)?;
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(args.down_for).await;
                     for k in &args.kill {
                         children.start(k).await?;
                         println!("== {k} restarted");

@@ -164,9 +164,12 @@ impl Services {
                         self.log_dir.join(format!("{label}.log")).display()
                     );
                 }
-                println!("== {label} crashed at its failpoint ({status}); restarting it");
+                println!("== {label} crashed at its failpoint ({status}); restarting it in {:?}", self.args.down_for);
                 crashed.push(label.clone());
             }
+        }
+        if !crashed.is_empty() {
+            tokio::time::sleep(self.args.down_for).await;
         }
         for label in crashed {
             self.children.remove(&label);

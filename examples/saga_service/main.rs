@@ -119,6 +119,9 @@ async fn consume(
     // keep that short so its restarted self takes over quickly.
     consumer_config.kafka_settings.push(("session.timeout.ms".into(), "6000".into()));
     consumer_config.kafka_settings.push(("heartbeat.interval.ms".into(), "1000".into()));
+    if let Ok(debug) = std::env::var("SAGA_KAFKA_DEBUG") {
+        consumer_config.kafka_settings.push(("debug".into(), debug)); // e.g. cgrp
+    }
     let consumer = InboxConsumer::new(pool.clone(), config, consumer_config, handler)?;
     consumer.run(shutdown).await?;
     Ok(())

@@ -345,18 +345,7 @@ impl SagaOrchestrator {
     /// moved more than `older_than` ago; failed ones stay for an operator.
     /// Returns how many were deleted.
     pub async fn cleanup(&self, pool: &PgPool, older_than: Duration) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n: i64 = sqlx::query_scalar(&self.inner.sql.cleanup)
-                .bind(older_than.as_secs_f64())
-                .bind(5000_i64)
-                .fetch_one(pool)
-                .await?;
-            total += u64::try_from(n).unwrap_or(0);
-            if n < 5000 {
-                return Ok(total);
-            }
-        }
+        crate::store::delete_in_batches(pool, &self.inner.sql.cleanup, older_than).await
     }
 
     async fn lock(&self, tx: &mut PgConnection, id: Uuid) -> Result<Option<SagaInstance>, HandlerError> {

@@ -177,18 +177,7 @@ impl SagaParticipant {
     /// Deletes remembered commands older than `older_than` (keep it longer
     /// than a saga can live, compensations included). Returns how many.
     pub async fn cleanup(&self, pool: &PgPool, older_than: Duration) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n: i64 = sqlx::query_scalar(&self.sql.command_cleanup)
-                .bind(older_than.as_secs_f64())
-                .bind(5000_i64)
-                .fetch_one(pool)
-                .await?;
-            total += u64::try_from(n).unwrap_or(0);
-            if n < 5000 {
-                return Ok(total);
-            }
-        }
+        crate::store::delete_in_batches(pool, &self.sql.command_cleanup, older_than).await
     }
 
     async fn locked(

@@ -19,7 +19,7 @@ pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
 pub(crate) use postgres::PgSql;
 pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
-pub(crate) use saga_sql::SagaSql;
+pub(crate) use saga_sql::{delete_in_batches, SagaSql};
 
 /// An outbox row claimed by the relay for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,12 @@
 //! PostgreSQL statements of saga orchestration: the orchestrator's
 //! instances and history, and the participants' command memory.
 
+use std::time::Duration;
+
+use sqlx::PgPool;
+
 use crate::config::OutboxConfig;
+use crate::error::Result;
 
 /// Statements of the saga orchestrator and participants.
 #[derive(Debug, Clone)]
@@ -87,6 +92,21 @@ impl SagaSql {
                  WHERE handled_at < now() - make_interval(secs => $1) LIMIT $2)) RETURNING 1) \
                  SELECT count(*) FROM gone"
             ),
+        }
+    }
+}
+
+/// Runs a batched delete statement (`$1` age in seconds, `$2` batch size,
+/// returning the count deleted) until a batch comes back short, so a large
+/// cleanup never holds long locks. Returns how many rows went.
+pub(crate) async fn delete_in_batches(pool: &PgPool, sql: &str, older_than: Duration) -> Result<u64> {
+    const BATCH: i64 = 5000;
+    let mut total = 0;
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).bind(older_than.as_secs_f64()).bind(BATCH).fetch_one(pool).await?;
+        total += u64::try_from(n).unwrap_or(0);
+        if n < BATCH {
+            return Ok(total);
         }
     }
 }
