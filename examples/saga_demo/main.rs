@@ -190,15 +190,24 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or((0, 0));
         if !killed && !args.kill.is_empty() && placed as f64 >= args.kill_at * f64::from(args.orders) {
             killed = true;
-            for target in &args.kill {
-                let which = Service::parse(target)?;
-                println!("== kill -9 {target} after {placed} orders placed; back in {:?}", args.down_for);
+            let mut targets = args.kill.iter().map(|t| Service::parse(t)).collect::<anyhow::Result<Vec<_>>>()?;
+            for &which in &targets {
+                println!(
+                    "== kill -9 {} after {placed} orders placed; back in {:?}",
+                    which.label(),
+                    which.down_time(args.down_for)
+                );
                 services.kill(which)?;
             }
-            tokio::time::sleep(args.down_for).await;
-            for target in &args.kill {
-                services.start(Service::parse(target)?).await?;
-                println!("== {target} restarted");
+            // Back in order of their down time (relays first).
+            targets.sort_by_key(|w| w.down_time(args.down_for));
+            let mut waited = Duration::ZERO;
+            for which in targets {
+                let down = which.down_time(args.down_for);
+                tokio::time::sleep(down.saturating_sub(waited)).await;
+                waited = waited.max(down);
+                services.start(which).await?;
+                println!("== {} restarted", which.label());
             }
         }
         if last_report.elapsed() >= Duration::from_secs(2) {

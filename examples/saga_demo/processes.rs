@@ -31,7 +31,18 @@ impl Service {
         };
         Ok(if relay { Service::Relay(name) } else { Service::App(name) })
     }
-    fn label(self) -> String {
+    /// How long it stays down when killed: a service the full `down_for`
+    /// (its consumer group must see it gone, see `--down-for`); a relay,
+    /// which is in no consumer group, at most a second.
+    pub fn down_time(self, down_for: Duration) -> Duration {
+        match self {
+            Service::App(_) => down_for,
+            Service::Relay(_) => down_for.min(Duration::from_secs(1)),
+        }
+    }
+
+    /// `orders`, `relay-orders`, …
+    pub fn label(self) -> String {
         match self {
             Service::App(n) => n.to_owned(),
             Service::Relay(n) => format!("relay-{n}"),
@@ -164,13 +175,15 @@ impl Services {
                         self.log_dir.join(format!("{label}.log")).display()
                     );
                 }
-                println!("== {label} crashed at its failpoint ({status}); restarting it in {:?}", self.args.down_for);
+                println!("== {label} crashed at its failpoint ({status}); restarting it");
                 crashed.push(label.clone());
             }
         }
-        if !crashed.is_empty() {
-            tokio::time::sleep(self.args.down_for).await;
+        let mut down = Duration::ZERO;
+        for label in &crashed {
+            down = down.max(Service::parse(label)?.down_time(self.args.down_for));
         }
+        tokio::time::sleep(down).await;
         for label in crashed {
             self.children.remove(&label);
             self.start(Service::parse(&label)?).await?;
