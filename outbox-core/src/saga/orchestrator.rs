@@ -102,10 +102,18 @@ struct Inner {
     retention: Option<Duration>,
 }
 
+/// A command to send: which step, do or undo, which send of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outgoing {
+    step: usize,
+    action: Action,
+    attempt: i32,
+}
+
 /// Where a transition leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
-    Send { step: usize, action: Action, attempt: i32 },
+    Send(Outgoing),
     Finish(SagaStatus),
 }
 
@@ -177,19 +185,7 @@ impl SagaOrchestrator {
             let duplicate = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505");
             return Err(if duplicate { Error::SagaExists(id) } else { Error::Database(e) });
         }
-        let instance = SagaInstance {
-            id,
-            saga_type: saga_type.to_owned(),
-            status: SagaStatus::Running,
-            step: 0,
-            attempt: 1,
-            data,
-            deadline: None,
-            reason: None,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-        };
-        self.send(tx, def, &instance, 0, Action::Execute, 1).await?;
+        self.send(tx, def, id, &data, Outgoing { step: 0, action: Action::Execute, attempt: 1 }).await?;
         metrics::counter!("outbox_saga_started_total", "saga" => saga_type.to_owned()).increment(1);
         Ok(())
     }
@@ -226,7 +222,7 @@ impl SagaOrchestrator {
         }
         let next = match (reply.action, reply.outcome) {
             (Action::Execute, ReplyOutcome::Succeeded) => match usize::try_from(instance.step + 1) {
-                Ok(n) if n < def.steps.len() => Next::Send { step: n, action: Action::Execute, attempt: 1 },
+                Ok(n) if n < def.steps.len() => Next::Send(Outgoing { step: n, action: Action::Execute, attempt: 1 }),
                 _ => Next::Finish(SagaStatus::Completed),
             },
             (Action::Execute, ReplyOutcome::Failed) => {
@@ -254,10 +250,11 @@ impl SagaOrchestrator {
         let mut moved = 0;
         for _ in 0..limit {
             let mut tx = pool.begin().await?;
-            let due: Option<Uuid> =
-                sqlx::query_scalar(&self.inner.sql.due).bind(1_i64).fetch_optional(&mut *tx).await?;
-            let Some(id) = due else { break };
-            match self.expire(&mut tx, id).await {
+            // The due saga, read and locked in one statement.
+            let due = sqlx::query(&self.inner.sql.due).fetch_optional(&mut *tx).await?;
+            let Some(instance) = due.map(|r| SagaInstance::from_row(&r)).transpose()? else { break };
+            let id = instance.id;
+            match self.expire(&mut tx, instance).await {
                 Ok(()) => {
                     tx.commit().await?;
                     moved += 1;
@@ -272,18 +269,18 @@ impl SagaOrchestrator {
         Ok(moved)
     }
 
-    async fn expire(&self, tx: &mut PgConnection, id: Uuid) -> Result<(), HandlerError> {
-        let Some(mut instance) = self.lock(tx, id).await? else { return Ok(()) };
+    async fn expire(&self, tx: &mut PgConnection, mut instance: SagaInstance) -> Result<(), HandlerError> {
+        let id = instance.id;
         let def = self.def(&instance)?;
         self.finish_history(tx, &instance, def, action_of(instance.status), "timed_out", None).await?;
         let step_name = &def.steps[usize::try_from(instance.step).unwrap_or(0)].name;
         let next = if instance.status == SagaStatus::Compensating {
             tracing::info!(saga_id = %id, step = %step_name, attempt = instance.attempt, "compensation timed out: sending it again");
-            Next::Send {
+            Next::Send(Outgoing {
                 step: usize::try_from(instance.step).unwrap_or(0),
                 action: Action::Compensate,
                 attempt: instance.attempt + 1,
-            }
+            })
         } else {
             tracing::info!(saga_id = %id, step = %step_name, "step timed out: compensating");
             instance.reason = Some(format!("step {step_name} timed out"));
@@ -382,7 +379,7 @@ impl SagaOrchestrator {
         next: Next,
     ) -> Result<(), HandlerError> {
         let (status, step, attempt, deadline) = match next {
-            Next::Send { step, action, attempt } => {
+            Next::Send(Outgoing { step, action, attempt }) => {
                 let status = if action == Action::Execute { SagaStatus::Running } else { SagaStatus::Compensating };
                 let mut deadline = def.steps[step].deadline;
                 if action == Action::Compensate {
@@ -406,8 +403,8 @@ impl SagaOrchestrator {
             .execute(&mut *tx)
             .await?;
         match next {
-            Next::Send { step, action, attempt } => {
-                self.send(tx, def, instance, step, action, attempt).await.map_err(HandlerError::retry)?
+            Next::Send(outgoing) => {
+                self.send(tx, def, instance.id, &instance.data, outgoing).await.map_err(HandlerError::retry)?
             }
             Next::Finish(status) => {
                 tracing::info!(saga_id = %instance.id, saga = %def.name, %status, "saga finished");
@@ -424,10 +421,9 @@ impl SagaOrchestrator {
         &self,
         tx: &mut PgConnection,
         def: &SagaDefinition,
-        instance: &SagaInstance,
-        step: usize,
-        action: Action,
-        attempt: i32,
+        id: Uuid,
+        data: &Value,
+        Outgoing { step, action, attempt }: Outgoing,
     ) -> Result<()> {
         let s = &def.steps[step];
         let event_type = match action {
@@ -436,19 +432,19 @@ impl SagaOrchestrator {
         };
         let step = i32::try_from(step).unwrap_or(i32::MAX);
         let command = SagaCommand {
-            saga_id: instance.id,
+            saga_id: id,
             saga_type: def.name.clone(),
             step,
             step_name: s.name.clone(),
             action,
             attempt,
             reply_to: def.reply_topic.clone(),
-            data: instance.data.clone(),
+            data: data.clone(),
         };
-        let message = Message::json(&s.topic, event_type, &command)?.with_key(instance.id.to_string());
+        let message = Message::json(&s.topic, event_type, &command)?.with_key(id.to_string());
         self.inner.outbox.enqueue(&mut *tx, &message).await?;
         sqlx::query(&self.inner.sql.history_insert)
-            .bind(instance.id)
+            .bind(id)
             .bind(step)
             .bind(&s.name)
             .bind(action.as_str())
@@ -489,7 +485,7 @@ impl SagaOrchestrator {
 /// The next compensation at or below step `from`, or the end.
 fn compensate_from(def: &SagaDefinition, from: i32) -> Next {
     match def.compensation_at_or_before(from) {
-        Some(step) => Next::Send { step, action: Action::Compensate, attempt: 1 },
+        Some(step) => Next::Send(Outgoing { step, action: Action::Compensate, attempt: 1 }),
         None => Next::Finish(SagaStatus::Compensated),
     }
 }

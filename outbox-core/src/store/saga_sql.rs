@@ -49,8 +49,8 @@ impl SagaSql {
             ),
             select: format!("SELECT {INSTANCE_COLUMNS} FROM {saga} WHERE id = $1"),
             due: format!(
-                "SELECT id FROM {saga} WHERE status IN ('running', 'compensating') AND deadline < now() \
-                 ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED"
+                "SELECT {INSTANCE_COLUMNS} FROM {saga} WHERE status IN ('running', 'compensating') \
+                 AND deadline < now() ORDER BY deadline LIMIT 1 FOR UPDATE SKIP LOCKED"
             ),
             counts: format!("SELECT saga_type, status, count(*) FROM {saga} GROUP BY saga_type, status"),
             // The instance row is locked by the caller, so max(seq) + 1 is safe.
