@@ -31,9 +31,9 @@ use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// How long a client's feed waits for a live message before it looks in the
-/// database for one it may have missed.
-const IDLE_RESYNC: Duration = Duration::from_secs(1);
+/// How often the server looks in the database for messages of its active
+/// rooms that Kafka has not brought it (yet).
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// A room message, as stored, published and pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -75,11 +75,22 @@ struct Shared {
     outbox: Outbox,
     schema: String,
     rooms: Mutex<HashMap<i64, broadcast::Sender<RoomMessage>>>,
+    /// Highest sequence number put on each room's channel.
+    pushed: Mutex<HashMap<i64, i64>>,
     /// Ends every client stream when the server stops.
     shutdown: CancellationToken,
 }
 
 impl Shared {
+    /// Puts `m` on its room's channel (nobody listening is fine).
+    fn push(&self, m: RoomMessage) {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        let top = pushed.entry(m.room).or_insert(0);
+        *top = (*top).max(m.seq);
+        drop(pushed);
+        let _ = self.channel(m.room).send(m);
+    }
+
     fn channel(&self, room: i64) -> broadcast::Sender<RoomMessage> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms.entry(room).or_insert_with(|| broadcast::channel(1024).0).clone()
@@ -196,16 +207,8 @@ impl Feed {
                 return Some(m);
             }
             let received = tokio::select! {
-                r = self.live.recv() => Some(r),
-                // Quiet for a while: look in the database, in case a message
-                // went by before this server's consumer had its partitions
-                // (just after a restart) and no later one came to show the gap.
-                _ = tokio::time::sleep(IDLE_RESYNC) => None,
+                r = self.live.recv() => r,
                 _ = self.shared.shutdown.cancelled() => return None,
-            };
-            let Some(received) = received else {
-                self.queue.extend(self.shared.stored(self.room, self.last, None).await.ok()?);
-                continue;
             };
             match received {
                 Ok(m) => self.queue.push_back(m),
@@ -262,13 +265,38 @@ async fn consume(
         match message {
             Ok(m) => match m.payload().map(serde_json::from_slice::<RoomMessage>) {
                 Some(Ok(msg)) => {
-                    let _ = shared.channel(msg.room).send(msg); // no listener: fine
+                    shared.push(msg);
                 }
                 _ => tracing::warn!(topic = m.topic(), offset = m.offset(), "not a room message"),
             },
             Err(e) => {
                 tracing::warn!(error = %e, "kafka");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Once a second, pushes from the database what Kafka has not brought yet
+/// for each room with listeners: a message that went by before this
+/// server's consumer had its partitions (just after a start) would otherwise
+/// wait for a later one to show the gap. One query per active room, however
+/// many clients; the feeds skip what they already sent.
+async fn resync(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RESYNC_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let active: Vec<i64> = {
+            let rooms = shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.iter().filter(|(_, tx)| tx.receiver_count() > 0).map(|(room, _)| *room).collect()
+        };
+        for room in active {
+            let after = shared.pushed.lock().unwrap_or_else(|p| p.into_inner()).get(&room).copied().unwrap_or(0);
+            match shared.stored(room, after, None).await {
+                Ok(missed) => missed.into_iter().for_each(|m| shared.push(m)),
+                Err(e) => tracing::warn!(room, error = %e, "resync from the database failed"),
             }
         }
     }
@@ -284,10 +312,17 @@ pub async fn serve(
     port: u16,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let shared =
-        Arc::new(Shared { pool, outbox, schema, rooms: Mutex::new(HashMap::new()), shutdown: shutdown.clone() });
+    let shared = Arc::new(Shared {
+        pool,
+        outbox,
+        schema,
+        rooms: Mutex::default(),
+        pushed: Mutex::default(),
+        shutdown: shutdown.clone(),
+    });
     let group = format!("rooms-{name}-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
     let consumer = tokio::spawn(consume(shared.clone(), brokers, group, shutdown.clone()));
+    tokio::spawn(resync(shared.clone(), shutdown.clone()));
     let app = Router::new()
         .route("/rooms/{room}/messages", post(post_message))
         .route("/rooms/{room}/events", get(events))
