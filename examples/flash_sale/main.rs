@@ -14,6 +14,8 @@
 //! Last line: `flash sale: attempts=… accepted=… sold=… … invariants=ok`.
 
 mod check;
+#[path = "../common/child.rs"]
+mod child;
 mod fast_path;
 mod slow_path;
 
@@ -28,7 +30,6 @@ use outbox::{CancellationToken, ConsumerConfig, InboxConsumer, Outbox, OutboxCon
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use fast_path::{Answer, Keys};
@@ -211,12 +212,7 @@ impl Children {
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         let mut child = c.spawn().context("starting the consumer")?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        match tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await {
-            Ok(Ok(Some(line))) if line == "ready" => {}
-            _ => bail!("the consumer did not start"),
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        child::wait_ready(&mut child, "the consumer").await?;
         self.consumer = Some(child);
         Ok(())
     }
@@ -228,15 +224,9 @@ impl Children {
     }
 
     async fn stop(&mut self) {
-        for child in [self.consumer.take(), self.relay.take()].into_iter().flatten() {
-            let mut child = child;
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
+        let consumer = self.consumer.take().map(|c| ("consumer".to_owned(), c));
+        let relay = self.relay.take().map(|c| ("relay".to_owned(), c));
+        child::stop_all(consumer.into_iter().chain(relay)).await;
     }
 }
 
@@ -262,12 +252,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().context("no parent")?.to_path_buf(),
+        None => child::own_dir()?,
     };
-    let relay_bin = [bin_dir.join("outbox-relay"), bin_dir.join("../outbox-relay")]
-        .into_iter()
-        .find(|p| p.exists())
-        .context("outbox-relay not found: build it first (cargo build --bins)")?;
+    let relay_bin = child::relay_binary(&bin_dir)?;
     let mut children = Children { args: args.clone(), relay_bin, consumer: None, relay: None };
     children.start("relay").await?;
     children.start("consumer").await?;

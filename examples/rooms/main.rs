@@ -15,6 +15,8 @@
 //! cargo build --bins --examples && target/debug/examples/rooms --rooms 3 --messages 200
 //! ```
 
+#[path = "../common/child.rs"]
+mod child;
 mod client;
 mod server;
 
@@ -22,12 +24,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use outbox::{CancellationToken, Outbox, OutboxConfig, TopicCreation};
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -125,24 +126,13 @@ impl Processes {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
-            Ok(Ok(Some(line))) if line == "ready" => {}
-            _ => bail!("server {i} did not start"),
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        child::wait_ready(&mut child, &format!("server {i}")).await?;
         self.servers[i].1 = Some(child);
         Ok(())
     }
 
     fn start_relay(&mut self) -> anyhow::Result<()> {
-        let exe = std::env::current_exe()?;
-        let dir = exe.parent().context("no parent")?;
-        let relay = [dir.join("outbox-relay"), dir.join("../outbox-relay")]
-            .into_iter()
-            .find(|p| p.exists())
-            .context("outbox-relay not found: build it first (cargo build --bins)")?;
-        let child = Command::new(relay)
+        let child = Command::new(child::relay_binary(&child::own_dir()?)?)
             .args(["run", "--kafka-brokers", &self.args.brokers, "--http-addr", "127.0.0.1:0"])
             .args(["--schema", &format!("{}_outbox", self.args.schema), "--create-topics", "--topic-partitions", "1"])
             .arg("--database-url")
@@ -156,15 +146,10 @@ impl Processes {
     }
 
     async fn stop(&mut self) {
-        let children = self.servers.iter_mut().filter_map(|(_, c)| c.take()).chain(self.relay.take());
-        for mut child in children.collect::<Vec<_>>() {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
+        let servers =
+            self.servers.iter_mut().enumerate().filter_map(|(i, (_, c))| Some((format!("server {i}"), c.take()?)));
+        let relay = self.relay.take().map(|c| ("relay".to_owned(), c));
+        child::stop_all(servers.chain(relay).collect::<Vec<_>>()).await;
     }
 }
 

@@ -13,6 +13,8 @@
 //! (exit 0), or `invariants=FAILED` after the list of what broke (exit 1).
 
 mod check;
+#[path = "../common/child.rs"]
+mod child;
 mod processes;
 
 use std::path::PathBuf;
@@ -148,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&log_dir)?;
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().context("no parent")?.to_path_buf(),
+        None => child::own_dir()?,
     };
     println!("== saga demo {prefix}: {} orders, logs in {}", args.orders, log_dir.display());
 

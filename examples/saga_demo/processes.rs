@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::{Args, SERVICES};
@@ -67,10 +66,7 @@ pub struct Services {
 impl Services {
     pub fn new(args: &Args, bin_dir: &Path, log_dir: &Path, prefix: &str, urls: &[String]) -> anyhow::Result<Self> {
         let service_bin = bin_dir.join("saga_service");
-        let relay_bin = [bin_dir.join("outbox-relay"), bin_dir.join("../outbox-relay")]
-            .into_iter()
-            .find(|p| p.exists())
-            .with_context(|| format!("outbox-relay not found next to {}: build it first", bin_dir.display()))?;
+        let relay_bin = super::child::relay_binary(bin_dir)?;
         if !service_bin.exists() {
             bail!("{} not found: build the examples first", service_bin.display());
         }
@@ -134,22 +130,9 @@ impl Services {
             command.env("OUTBOX_FAILPOINT", point);
         }
         let mut child = command.spawn().with_context(|| format!("starting {}", which.label()))?;
-        if let Some(stdout) = child.stdout.take() {
-            let mut lines = BufReader::new(stdout).lines();
-            let ready = tokio::time::timeout(Duration::from_secs(60), async {
-                while let Some(line) = lines.next_line().await? {
-                    if line.trim() == "ready" {
-                        return Ok(true);
-                    }
-                }
-                Ok::<_, std::io::Error>(false)
-            })
-            .await;
-            if !matches!(ready, Ok(Ok(true))) {
-                bail!("{} did not become ready; see {}", which.label(), self.log_dir.display());
-            }
-            // Keep draining its stdout so it never writes into a closed pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        if let Service::App(_) = which {
+            let what = format!("{} (logs in {})", which.label(), self.log_dir.display());
+            super::child::wait_ready(&mut child, &what).await?;
         }
         self.children.insert(which.label(), child);
         Ok(())
@@ -199,16 +182,6 @@ impl Services {
 
     /// Stops every process (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(&mut self) {
-        for child in self.children.values() {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
-        }
-        for (label, mut child) in std::mem::take(&mut self.children) {
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                eprintln!("{label} did not stop on SIGTERM: killing it");
-                let _ = child.kill().await;
-            }
-        }
+        super::child::stop_all(std::mem::take(&mut self.children)).await;
     }
 }
