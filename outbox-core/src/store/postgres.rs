@@ -86,23 +86,28 @@ impl PgSql {
             )),
             id_constraint: format!("{}_id_key", config.outbox_table()),
             // Sequence order within the caller's live leases; a row backing
-            // off holds back every later row of its key.
+            // off holds back every later row of its key, a quarantined key
+            // all of its rows.
             // The slot filter is an array parameter, not a join, so that the
             // planner walks the primary key in sequence order and stops after
             // `limit` rows instead of reading every pending row and sorting.
-            // Rows still in flight ($3) are skipped through a hashed subplan.
+            // Rows still in flight ($3) and quarantined keys are skipped
+            // through hashed subplans (built once per claim, not probed per
+            // row). Each row's lease epoch is one primary-key probe: a join
+            // with the caller's leases became a nested loop over every
+            // (row, lease) pair, 15 of a claim's 17 ms for 2,000 rows.
             claim: format!(
-                "WITH mine AS MATERIALIZED \
-                   (SELECT slot, epoch FROM {leases} WHERE owner = $2 AND expires_at > now()), \
-                 cand AS (SELECT {EVENT_COLUMNS}, o.attempts, o.slot FROM {outbox} o \
-                   WHERE o.slot = ANY(ARRAY(SELECT slot FROM mine)) \
-                     AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
-                     AND o.seq NOT IN (SELECT unnest($3::bigint[])) \
-                     AND NOT EXISTS (SELECT 1 FROM {outbox} b \
-                                     WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
-                     AND NOT EXISTS (SELECT 1 FROM {dlq} d WHERE d.quarantined AND d.key = o.key) \
-                   ORDER BY o.seq LIMIT $1) \
-                 SELECT cand.*, mine.epoch FROM cand JOIN mine ON mine.slot = cand.slot"
+                "SELECT {EVENT_COLUMNS}, o.attempts, o.slot, \
+                        (SELECT l.epoch FROM {leases} l WHERE l.slot = o.slot) AS epoch \
+                 FROM {outbox} o \
+                 WHERE o.slot = ANY(ARRAY(SELECT slot FROM {leases} WHERE owner = $2 AND expires_at > now())) \
+                   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+                   AND o.seq NOT IN (SELECT unnest($3::bigint[])) \
+                   AND NOT EXISTS (SELECT 1 FROM {outbox} b \
+                                   WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
+                   AND (o.key IS NULL OR o.key NOT IN \
+                        (SELECT d.key FROM {dlq} d WHERE d.quarantined AND d.key IS NOT NULL)) \
+                 ORDER BY o.seq LIMIT $1"
             ),
             mark: format!("DELETE FROM {outbox} o WHERE o.seq = ANY($2::bigint[]) AND o.slot = {valid}"),
             mark_retain: format!(
