@@ -101,11 +101,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             tokio::spawn(heartbeat_loop(Arc::clone(&self.store), self.id, self.config.clone(), heartbeats.clone()));
         tracing::info!(relay = %self.id, name = %self.config.name, "relay joined");
         let mut pipeline = Pipeline::default();
-        let mut error_streak = 0u32;
+        let mut claims = ClaimSchedule::default();
         let mut last_rebalance: Option<Instant> = None;
         let mut owned: Vec<i32> = Vec::new();
         let mut last_purge = Instant::now();
-        let mut next_claim = Instant::now();
         while !shutdown.is_cancelled() {
             if !self.config.retention.is_zero() && last_purge.elapsed() >= self.config.purge_interval {
                 last_purge = Instant::now();
@@ -130,46 +129,34 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 continue;
             }
             // Settle every batch already confirmed, oldest first.
+            let mut stopped = false;
             while let Some((batch, outcomes)) = pipeline.ready() {
-                if self.finish(&mut pipeline, batch, outcomes, &shutdown).await.is_err() {
+                if self.finish_and_claim(&mut pipeline, batch, outcomes, &shutdown, &mut claims).await.is_err() {
+                    stopped = true;
                     break;
                 }
             }
+            if stopped {
+                break;
+            }
             let room = pipeline.len() < self.config.pipeline_depth;
-            if room && Instant::now() >= next_claim {
-                match self.store.claim(self.id, self.config.batch_size, &pipeline.seqs()).await {
-                    Ok(events) => {
-                        error_streak = 0;
-                        if events.is_empty() {
-                            next_claim = Instant::now() + self.config.poll_interval;
-                        } else if events.len() < self.config.batch_size {
-                            let busy = self.config.busy_poll_interval.min(self.config.poll_interval);
-                            next_claim = Instant::now() + busy;
-                        }
-                        if !events.is_empty() {
-                            self.send(&mut pipeline, events).await;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        error_streak += 1;
-                        let delay = self.config.retry_delay(i32::try_from(error_streak).unwrap_or(i32::MAX));
-                        let delay = delay.min(Duration::from_secs(5));
-                        tracing::warn!(error = %e, retry_in = ?delay, "claiming events failed");
-                        next_claim = Instant::now() + delay;
-                    }
+            if room && claims.due() {
+                let claimed = self.store.claim(self.id, self.config.batch_size, &pipeline.seqs()).await;
+                if self.claimed(&mut pipeline, claimed, &mut claims).await {
+                    continue;
                 }
             }
             // Wait for the oldest batch's confirmations, the next claim, or a
             // wake-up from a writer.
+            let next_claim = claims.next;
             tokio::select! {
                 (batch, outcomes) = pipeline.next_confirmed() => {
-                    if self.finish(&mut pipeline, batch, outcomes, &shutdown).await.is_err() {
+                    if self.finish_and_claim(&mut pipeline, batch, outcomes, &shutdown, &mut claims).await.is_err() {
                         break;
                     }
                 }
                 _ = tokio::time::sleep_until(next_claim.into()), if room => {}
-                _ = self.waker.notified() => next_claim = Instant::now(),
+                _ = self.waker.notified() => claims.next = Instant::now(),
                 _ = shutdown.cancelled() => {}
             }
         }
@@ -185,6 +172,65 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     }
 
     /// Hands a claimed batch to the publisher and puts it in flight.
+    /// Records a claim's result: sends what it found and schedules the next
+    /// claim. True if it found events (claim again at once).
+    async fn claimed(
+        &self,
+        pipeline: &mut Pipeline,
+        claimed: Result<Vec<OutboxEvent>>,
+        claims: &mut ClaimSchedule,
+    ) -> bool {
+        match claimed {
+            Ok(events) => {
+                claims.error_streak = 0;
+                if events.is_empty() {
+                    claims.next = Instant::now() + self.config.poll_interval;
+                    return false;
+                }
+                if events.len() < self.config.batch_size {
+                    claims.next = Instant::now() + self.config.busy_poll_interval.min(self.config.poll_interval);
+                }
+                self.send(pipeline, events).await;
+                true
+            }
+            Err(e) => {
+                claims.error_streak += 1;
+                let delay = self.config.retry_delay(i32::try_from(claims.error_streak).unwrap_or(i32::MAX));
+                let delay = delay.min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in = ?delay, "claiming events failed");
+                claims.next = Instant::now() + delay;
+                false
+            }
+        }
+    }
+
+    /// Settles a confirmed batch. When every event of it was delivered and a
+    /// claim is due, the next claim runs at the same time, on another
+    /// connection, skipping the rows being marked: the database's work for
+    /// one batch overlaps with the next instead of following it. A batch
+    /// with a failed or held event is settled first, so that the claim sees
+    /// the backoff or quarantine that holds back the rest of its key.
+    async fn finish_and_claim(
+        &self,
+        pipeline: &mut Pipeline,
+        batch: InFlight,
+        outcomes: Vec<Delivery>,
+        shutdown: &CancellationToken,
+        claims: &mut ClaimSchedule,
+    ) -> Result<BatchReport> {
+        let all_delivered = outcomes.iter().all(|o| *o == Delivery::Delivered);
+        if !(all_delivered && pipeline.len() < self.config.pipeline_depth && claims.due()) {
+            return self.finish(pipeline, batch, outcomes, shutdown).await;
+        }
+        let mut skip = pipeline.seqs();
+        skip.extend(batch.events.iter().map(|e| e.seq));
+        let claim = self.store.claim(self.id, self.config.batch_size, &skip);
+        let (finished, claimed) = tokio::join!(self.finish(pipeline, batch, outcomes, shutdown), claim);
+        let report = finished?;
+        self.claimed(pipeline, claimed, claims).await;
+        Ok(report)
+    }
+
     async fn send(&self, pipeline: &mut Pipeline, events: Vec<OutboxEvent>) {
         let holds = pipeline.holds();
         let sent_at = Instant::now();
@@ -401,6 +447,24 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 }
             }
         }
+    }
+}
+
+/// When the relay claims next, and how many claims in a row failed.
+struct ClaimSchedule {
+    next: Instant,
+    error_streak: u32,
+}
+
+impl Default for ClaimSchedule {
+    fn default() -> Self {
+        ClaimSchedule { next: Instant::now(), error_streak: 0 }
+    }
+}
+
+impl ClaimSchedule {
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
     }
 }
 
