@@ -26,13 +26,30 @@ pub struct AppState {
     pub busy_slots: Arc<std::sync::Mutex<std::collections::HashSet<i32>>>,
 }
 
-/// Installs the Prometheus recorder (once per process).
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder (once per process) and its upkeep task
+/// (call inside the runtime).
+///
+/// The recorder keeps every histogram sample until upkeep folds it into the
+/// buckets: without the task, a relay nobody scrapes would keep 8 bytes per
+/// event published (seen: peak RSS 22 MiB after 200,000 events, 32 MiB
+/// after 800,000).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("outbox_batch_publish_duration_seconds".into()), &buckets)?
         .set_buckets_for_metric(Matcher::Full("outbox_commit_to_confirm_seconds".into()), &buckets)?
         .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     metrics::describe_counter!("outbox_events_published_total", "Events confirmed by the broker and marked done");
     metrics::describe_counter!("outbox_delivery_failures_total", "Failed delivery attempts (retried or dead-lettered)");
     metrics::describe_counter!("outbox_dead_lettered_total", "Events moved to the dead-letter table");
