@@ -358,6 +358,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut retries = Vec::new();
         let mut dead = Vec::new();
         let mut failed_keys: HashSet<&str> = HashSet::new();
+        let commit_to_confirm = metrics::histogram!("outbox_commit_to_confirm_seconds");
         for (event, outcome) in events.iter().zip(outcomes) {
             match outcome {
                 Delivery::Delivered => {
@@ -367,7 +368,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     }
                     delivered.push(event.fence());
                     let waited = (confirmed_at - event.created_at).to_std().unwrap_or_default();
-                    metrics::histogram!("outbox_commit_to_confirm_seconds").record(waited.as_secs_f64());
+                    commit_to_confirm.record(waited.as_secs_f64());
                 }
                 Delivery::Retry(error) => {
                     if let Some(k) = &event.key {
