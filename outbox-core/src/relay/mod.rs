@@ -171,7 +171,6 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    /// Hands a claimed batch to the publisher and puts it in flight.
     /// Records a claim's result: sends what it found and schedules the next
     /// claim. True if it found events (claim again at once).
     async fn claimed(
@@ -231,6 +230,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(report)
     }
 
+    /// Hands a claimed batch to the publisher and puts it in flight.
     async fn send(&self, pipeline: &mut Pipeline, events: Vec<OutboxEvent>) {
         let holds = pipeline.holds();
         let sent_at = Instant::now();
