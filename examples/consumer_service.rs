@@ -107,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
     // A crashed member holds its partitions until its session times out:
     // keep that short so a restarted consumer takes over quickly.
     consumer_config.kafka_settings.push(("session.timeout.ms".into(), "6000".into()));
+    if let Some(debug) = std::env::var("CONSUMER_KAFKA_DEBUG").ok().filter(|d| !d.is_empty()) {
+        consumer_config.kafka_settings.push(("debug".into(), debug)); // e.g. cgrp,fetch
+    }
     let consumer = InboxConsumer::new(pool.clone(), &config, consumer_config, Billing { schema: s.clone() })?;
     let stats = consumer.stats();
     let shutdown = CancellationToken::new();

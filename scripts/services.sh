@@ -16,6 +16,13 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/outbox_t
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 TANSU_VERSION=0.6.0
+# The tansu we test against is crates.io's 0.6.0 with the fixes in
+# scripts/tansu/*.patch (see scripts/tansu/README.md); bump TANSU_BUILD when
+# a patch changes, so every machine rebuilds it. TANSU_BIN names another.
+TANSU_BUILD=1
+TANSU_HOME="$OUTBOX_STATE_DIR/tansu-$TANSU_VERSION-outbox$TANSU_BUILD"
+export TANSU_BIN="${TANSU_BIN:-$TANSU_HOME/bin/tansu}"
+_SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 _STARTED_PG_DIR=""
 _STARTED_TANSU_PID=""
 _STARTED_REDIS_PID=""
@@ -73,12 +80,36 @@ start_postgres() {
 }
 
 install_tansu() {
-  command -v tansu >/dev/null 2>&1 && return 0
-  [[ -x "$HOME/.cargo/bin/tansu" ]] && { export PATH="$HOME/.cargo/bin:$PATH"; return 0; }
-  log "installing tansu $TANSU_VERSION (cargo install, several minutes, once)"
-  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore -j "$(nproc)" \
-    >"$OUTBOX_STATE_DIR/tansu-install.log" 2>&1 || { tail -20 "$OUTBOX_STATE_DIR/tansu-install.log" >&2; return 1; }
-  export PATH="$HOME/.cargo/bin:$PATH"
+  [[ -x "$TANSU_BIN" ]] && return 0
+  log "building tansu $TANSU_VERSION with scripts/tansu/*.patch (cargo, about 12 minutes on 2 cores, once)"
+  _build_tansu >"$OUTBOX_STATE_DIR/tansu-install.log" 2>&1 \
+    || { tail -20 "$OUTBOX_STATE_DIR/tansu-install.log" >&2; return 1; }
+  log "tansu built: $TANSU_BIN"
+}
+
+# crates.io's tansu and tansu-storage sources (cargo downloads and checks
+# them), the patches applied to tansu-storage, then tansu built with its own
+# Cargo.lock, where only tansu-storage changes source.
+_build_tansu() {
+  local src="$TANSU_HOME/src" cache="${CARGO_HOME:-$HOME/.cargo}/registry/cache" crate p
+  rm -rf "$src" && mkdir -p "$src/fetch/src" || return 1
+  printf '[package]\nname = "fetch-tansu"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ntansu = { version = "=%s", features = ["dynostore"] }\n' \
+    "$TANSU_VERSION" >"$src/fetch/Cargo.toml"
+  : >"$src/fetch/src/lib.rs"
+  cargo fetch --manifest-path "$src/fetch/Cargo.toml" || return 1
+  for crate in tansu tansu-storage; do
+    tar -xzf "$(ls "$cache"/*/"$crate-$TANSU_VERSION.crate" | head -1)" -C "$src" || return 1
+  done
+  for p in "$_SERVICES_DIR"/tansu/*.patch; do
+    patch -p1 -d "$src/tansu-storage-$TANSU_VERSION" <"$p" || return 1
+  done
+  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
+    >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
+  CARGO_TARGET_DIR="$TANSU_HOME/target" cargo build --release --features dynostore -j "$(nproc)" \
+    --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" || return 1
+  mkdir -p "$(dirname "$TANSU_BIN")" || return 1
+  cp "$TANSU_HOME/target/release/tansu" "$TANSU_BIN.tmp" && mv "$TANSU_BIN.tmp" "$TANSU_BIN" || return 1
+  rm -rf "$TANSU_HOME/target"   # gigabytes of intermediate files
 }
 
 start_kafka() {
@@ -88,7 +119,7 @@ start_kafka() {
   _is_local "$host" || { log "broker $host:$port does not answer and is not local"; return 1; }
   install_tansu || return 1
   log "starting tansu on $host:$port"
-  tansu broker --storage-engine memory://tansu/ \
+  "$TANSU_BIN" broker --storage-engine memory://tansu/ \
     --listener-url "tcp://$host:$port" --advertised-listener-url "tcp://$host:$port" \
     >"$OUTBOX_STATE_DIR/tansu-$port.log" 2>&1 &
   _STARTED_TANSU_PID=$!

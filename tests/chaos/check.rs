@@ -187,6 +187,9 @@ pub(crate) async fn settle_with(
     let (effects, distinct_effects) = effects(world).await;
     o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
     o.unapplied = expect.saturating_sub(usize::try_from(distinct_effects).unwrap_or(0));
+    if o.unapplied > 0 {
+        o.note = unapplied_where(world, &records, &unparseable).await;
+    }
     if !unparseable.is_empty() {
         let ids: Vec<Uuid> = unparseable.iter().copied().collect();
         let parked: i64 = sqlx::query_scalar(&format!(
@@ -215,11 +218,27 @@ pub(crate) fn spawn_consumer(world: &World, group: &str, expect: usize) -> std::
         .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
         .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])
         .env("DATABASE_URL", &world.url)
-        .env("RUST_LOG", "warn")
+        // CHAOS_CONSUMER_LOG / CHAOS_KAFKA_DEBUG (e.g. `info` / `cgrp,fetch`)
+        // make a failing run tell what its consumers saw.
+        .env("RUST_LOG", std::env::var("CHAOS_CONSUMER_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("CONSUMER_KAFKA_DEBUG", std::env::var("CHAOS_KAFKA_DEBUG").unwrap_or_default())
         .env_remove("OUTBOX_FAILPOINT")
-        .stdout(std::process::Stdio::piped())
+        .stdout(consumer_stdout(group))
         .spawn()
         .unwrap()
+}
+
+/// A consumer's stdout: a file under the temp dir when CHAOS_CONSUMER_LOG
+/// asks for its log (a pipe nobody reads would fill and block it).
+fn consumer_stdout(group: &str) -> std::process::Stdio {
+    if std::env::var_os("CHAOS_CONSUMER_LOG").is_none() {
+        return std::process::Stdio::piped();
+    }
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("{group}-consumer-{n}.log"));
+    eprintln!("consumer log: {}", path.display());
+    std::fs::File::create(path).unwrap().into()
 }
 
 /// Effect rows so far (0 while the consumer has not created its table).
@@ -228,4 +247,27 @@ pub(crate) async fn effects_so_far(world: &World) -> i64 {
         .fetch_one(&world.pool)
         .await
         .unwrap_or(0)
+}
+
+/// Where the events no consumer applied sit in the topic: partition and
+/// offsets, so a failure says which partition a consumer never read.
+async fn unapplied_where(world: &World, records: &[Record], skip: &HashSet<Uuid>) -> String {
+    let applied: Vec<Uuid> =
+        sqlx::query_scalar(&format!("SELECT DISTINCT event_id FROM \"{}_app\".effects", world.schema))
+            .fetch_all(&world.pool)
+            .await
+            .unwrap_or_default();
+    let applied: HashSet<Uuid> = applied.into_iter().collect();
+    let mut missing: std::collections::BTreeMap<i32, Vec<i64>> = std::collections::BTreeMap::new();
+    for r in records.iter().filter(|r| !applied.contains(&r.id) && !skip.contains(&r.id)) {
+        missing.entry(r.partition).or_default().push(r.offset);
+    }
+    let parts: Vec<String> = missing
+        .iter()
+        .map(|(p, offsets)| {
+            let (lo, hi) = (offsets.iter().min().unwrap(), offsets.iter().max().unwrap());
+            format!("p{p}: {} at offsets {lo}..={hi}", offsets.len())
+        })
+        .collect();
+    format!("unapplied in {}", parts.join(", "))
 }

@@ -55,7 +55,8 @@ pub(crate) async fn consumer_rebalance(seed: u64) -> Outcome {
     let (mut o, killed) =
         settle_with(&world, "consumer-rebalance", seed, started, &writes, ConsumerFault::KillOneOfTwo).await;
     o.fault_acted = killed == 1;
-    o.note = format!("{killed} of two consumers SIGKILLed as effects began to appear");
+    let fault = format!("{killed} of two consumers SIGKILLed as effects began to appear");
+    o.note = if o.note.is_empty() { fault } else { format!("{fault}; {}", o.note) };
     o
 }
 
