@@ -90,11 +90,11 @@ pub struct RawLatency {
 }
 
 /// A bare producer (same settings as the relay: idempotent, acks=all,
-/// linger.ms=1) sending one event at a time at `rate`, and a consumer set up
+/// linger.ms=0) sending one event at a time at `rate`, and a consumer set up
 /// as in S3.
 pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Result<RawLatency> {
     let topic = env.topic("rawlat", 6).await?;
-    let producer = env.warm_producer(&topic, &[("linger.ms", "1")]).await?;
+    let producer = env.warm_producer(&topic, &[("linger.ms", "0")]).await?;
     let received: crate::latency::Clock = Default::default();
     let reader = crate::latency::spawn_reader(env, &topic, &received, duration + Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(2)).await; // reader assigned

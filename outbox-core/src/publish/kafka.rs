@@ -149,9 +149,13 @@ impl KafkaPublisherConfig {
             return Err(Error::Config("no Kafka brokers given".into()));
         }
         let mut config = ClientConfig::new();
+        // No linger: the relay hands librdkafka a whole claim at once, so
+        // requests fill up anyway (drain unchanged, 91–101k events/s against
+        // 98–102k with linger.ms=1), and a lone event leaves at once
+        // (commit → confirmation p50 3.6–4.0 ms against 4.7–5.2 ms).
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             .set("batch.num.messages", "10000")
             .set("compression.type", "none");
         for (key, value) in &self.settings {
