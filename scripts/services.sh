@@ -19,7 +19,7 @@ TANSU_VERSION=0.6.0
 # The tansu we test against is crates.io's 0.6.0 with the fixes in
 # scripts/tansu/*.patch (see scripts/tansu/README.md); bump TANSU_BUILD when
 # a patch changes, so every machine rebuilds it. TANSU_BIN names another.
-TANSU_BUILD=1
+TANSU_BUILD=2
 TANSU_HOME="$OUTBOX_STATE_DIR/tansu-$TANSU_VERSION-outbox$TANSU_BUILD"
 export TANSU_BIN="${TANSU_BIN:-$TANSU_HOME/bin/tansu}"
 _SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

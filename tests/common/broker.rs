@@ -27,7 +27,7 @@ impl PrivateBroker {
             let home = std::env::var("HOME").ok()?;
             // scripts/services.sh's patched build (scripts/tansu/), then crates.io's.
             let home = PathBuf::from(home);
-            let candidates = [home.join(".cache/outbox/tansu-0.6.0-outbox1/bin/tansu"), home.join(".cargo/bin/tansu")];
+            let candidates = [home.join(".cache/outbox/tansu-0.6.0-outbox2/bin/tansu"), home.join(".cargo/bin/tansu")];
             candidates.into_iter().find(|p| p.exists()).or_else(|| which("tansu"))
         })?;
         let url = format!("tcp://127.0.0.1:{port}");
