@@ -33,12 +33,12 @@ pub struct Spread {
 
 impl Spread {
     /// Per event seen in `from`, the time until it was seen in `to`.
-    pub fn of(from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> anyhow::Result<Spread> {
+    pub fn of(what: &str, from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> anyhow::Result<Spread> {
         let mut ms: Vec<f64> = from
             .iter()
             .filter_map(|(id, a)| to.get(id).map(|b| b.saturating_duration_since(*a).as_secs_f64() * 1000.0))
             .collect();
-        anyhow::ensure!(ms.len() == from.len(), "{} of {} events seen", ms.len(), from.len());
+        anyhow::ensure!(ms.len() == from.len(), "{what}: {} of {} events seen", ms.len(), from.len());
         ms.sort_by(f64::total_cmp);
         Ok(Spread {
             p50_ms: percentile(&ms, 50.0),
@@ -168,8 +168,8 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration, no
     Ok(Latency {
         rate,
         events: committed.len(),
-        confirm: Spread::of(&committed, &confirmed)?,
-        receipt: Spread::of(&committed, &received)?,
+        confirm: Spread::of("commit → confirmation", &committed, &confirmed)?,
+        receipt: Spread::of("commit → consumer receipt", &committed, &received)?,
     })
 }
 

@@ -127,7 +127,7 @@ pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Re
     }
     reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
-    let receipts = crate::latency::Spread::of(&sent_at, &received)?;
+    let receipts = crate::latency::Spread::of("produce → consumer receipt", &sent_at, &received)?;
     acks.sort_by(f64::total_cmp);
     Ok(RawLatency {
         rate,
