@@ -204,7 +204,8 @@ pub(crate) async fn settle_with(
         o.unapplied += ids.len().saturating_sub(usize::try_from(parked).unwrap_or(0));
     }
     if !status.success() {
-        o.note = format!("consumer exited {status}");
+        let exited = format!("consumer exited {status}");
+        o.note = if o.note.is_empty() { exited } else { format!("{exited}; {}", o.note) };
         o.dup_effect = o.dup_effect.max(1);
     }
     o.seconds = started.elapsed().as_secs_f64();
