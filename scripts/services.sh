@@ -81,7 +81,7 @@ start_postgres() {
 
 install_tansu() {
   [[ -x "$TANSU_BIN" ]] && return 0
-  log "building tansu $TANSU_VERSION with scripts/tansu/*.patch (cargo, about 12 minutes on 2 cores, once)"
+  log "building tansu $TANSU_VERSION with scripts/tansu/*.patch (cargo, about 10 minutes on 2 cores, once)"
   _build_tansu >"$OUTBOX_STATE_DIR/tansu-install.log" 2>&1 \
     || { tail -20 "$OUTBOX_STATE_DIR/tansu-install.log" >&2; return 1; }
   log "tansu built: $TANSU_BIN"

@@ -25,9 +25,9 @@ impl PrivateBroker {
     pub fn start_advertised(port: u16, advertised: u16) -> Option<PrivateBroker> {
         let tansu = std::env::var("TANSU_BIN").ok().map(PathBuf::from).or_else(|| {
             let home = std::env::var("HOME").ok()?;
-            // scripts/services.sh's patched build (scripts/tansu/), then crates.io's.
-            let home = PathBuf::from(home);
-            let candidates = [home.join(".cache/outbox/tansu-0.6.0-outbox2/bin/tansu"), home.join(".cargo/bin/tansu")];
+            // TANSU_BIN is scripts/services.sh's patched build (scripts/tansu/);
+            // without it, whatever tansu is installed.
+            let candidates = [PathBuf::from(home).join(".cargo/bin/tansu")];
             candidates.into_iter().find(|p| p.exists()).or_else(|| which("tansu"))
         })?;
         let url = format!("tcp://127.0.0.1:{port}");
