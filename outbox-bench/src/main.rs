@@ -4,6 +4,7 @@
 
 mod drain;
 mod env;
+mod floor;
 mod inbox;
 mod latency;
 mod physical;
@@ -100,6 +101,23 @@ async fn main() -> anyhow::Result<()> {
         p = Some(v);
         results.insert("s0".into(), json!({ "k_eps": k, "p_tps": p }));
     }
+    let mut floor = None;
+    if wants(Scenario::S0) || wants(Scenario::S2) {
+        let f = floor::pg_outbox(&env, backlog, keys).await?;
+        let of_k = |v: f64| k.map_or(0.0, |k| v / k);
+        rows.push((
+            "S0 F: floor of a PostgreSQL outbox (stream rows, K's producer)".into(),
+            format!(
+                "{:.0} events/s ({:.2} of K); deleting each confirmed batch: {:.0} events/s ({:.2} of K)",
+                f.read_eps,
+                of_k(f.read_eps),
+                f.read_delete_eps,
+                of_k(f.read_delete_eps)
+            ),
+        ));
+        results.insert("s0_floor".into(), serde_json::to_value(f)?);
+        floor = Some(f);
+    }
     let mut write_overhead = None;
     if wants(Scenario::S1) {
         let w = write_path::run(&env, sizes.seconds).await?;
@@ -116,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
     let mut one = None;
     if wants(Scenario::S2) || wants(Scenario::S4) || wants(Scenario::S6) {
         let d = drain::relays(&env, backlog, keys, 1, false).await?;
-        rows.push(("S2 drain, 1 relay".into(), format!("{:.0} events/s ({} events)", d.eps, d.events)));
+        let of_floor = floor.map_or(String::new(), |f| format!(", {:.2} of the floor F", d.eps / f.read_delete_eps));
+        rows.push(("S2 drain, 1 relay".into(), format!("{:.0} events/s ({} events){of_floor}", d.eps, d.events)));
         rows.push((
             "S6 relay footprint".into(),
             format!(
