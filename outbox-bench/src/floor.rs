@@ -9,12 +9,12 @@
 //! the floor against K says how much of K any PostgreSQL outbox can reach on
 //! this machine.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::TryStreamExt;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::env::{backlog, Env};
+use crate::physical::{produce, K_SETTINGS};
 
 /// Events per second of each variant.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -37,8 +37,7 @@ pub async fn pg_outbox(env: &Env, n: usize, keys: usize) -> anyhow::Result<Floor
 async fn variant(env: &Env, n: usize, keys: usize, delete: bool) -> anyhow::Result<f64> {
     let (config, outbox) = env.outbox("floor").await?;
     let topic = env.topic("floor", 6).await?;
-    let settings = [("linger.ms", "5"), ("batch.num.messages", "10000"), ("queue.buffering.max.messages", "1000000")];
-    let producer = env.warm_producer(&topic, &settings).await?;
+    let producer = env.warm_producer(&topic, &K_SETTINGS).await?;
     backlog(env, &outbox, &topic, 0, n, keys).await?;
     let table = format!("{}.outbox", config.schema());
     let select = format!("SELECT seq, key, payload FROM {table} ORDER BY seq");
@@ -85,23 +84,4 @@ async fn variant(env: &Env, n: usize, keys: usize, delete: bool) -> anyhow::Resu
         anyhow::ensure!(!env.pending(&config).await?, "floor left rows in the outbox");
     }
     Ok(eps)
-}
-
-/// Hands one record to the producer, waiting while its queue is full.
-async fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&str>,
-    payload: &[u8],
-) -> rdkafka::producer::DeliveryFuture {
-    loop {
-        let mut record = FutureRecord::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        match producer.send_result(record) {
-            Ok(future) => return future,
-            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
 }

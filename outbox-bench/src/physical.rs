@@ -6,9 +6,28 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::env::{key, payload, percentile, Env};
+
+/// K's producer settings (with idempotence and `acks=all`, see
+/// [`Env::warm_producer`]): as fast as a bare producer goes.
+pub const K_SETTINGS: [(&str, &str); 3] =
+    [("linger.ms", "5"), ("batch.num.messages", "10000"), ("queue.buffering.max.messages", "1000000")];
+
+/// Hands one record to the producer, waiting while its queue is full.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) -> DeliveryFuture {
+    loop {
+        let mut record = FutureRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        match producer.send_result(record) {
+            Ok(future) => return future,
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
 
 /// K: events/s of a bare rdkafka producer (idempotent, acks=all), same
 /// payloads and keys, produce everything then await every report. The
@@ -17,8 +36,7 @@ use crate::env::{key, payload, percentile, Env};
 pub async fn raw_producer(env: &Env, n: usize, keys: usize) -> anyhow::Result<f64> {
     let n = n.max(200_000);
     let topic = env.topic("raw", 6).await?;
-    let settings = [("linger.ms", "5"), ("batch.num.messages", "10000"), ("queue.buffering.max.messages", "1000000")];
-    let producer = env.warm_producer(&topic, &settings).await?;
+    let producer = env.warm_producer(&topic, &K_SETTINGS).await?;
     let payloads: Vec<String> = (0..n).map(|i| payload(i).to_string()).collect();
     let keys: Vec<String> = (0..n).map(|i| key(i, keys)).collect();
     let mut runs = Vec::new();
@@ -26,19 +44,7 @@ pub async fn raw_producer(env: &Env, n: usize, keys: usize) -> anyhow::Result<f6
         let start = Instant::now();
         let mut futures = Vec::with_capacity(n);
         for i in 0..n {
-            let mut record = FutureRecord::to(&topic).payload(&payloads[i]).key(&keys[i]);
-            loop {
-                match producer.send_result(record) {
-                    Ok(f) => {
-                        futures.push(f);
-                        break;
-                    }
-                    Err((_, r)) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            }
+            futures.push(produce(&producer, &topic, Some(&keys[i]), payloads[i].as_bytes()).await);
         }
         for result in futures::future::join_all(futures).await {
             result?.map_err(|(e, _)| e)?;
