@@ -27,8 +27,8 @@ impl PrivateBroker {
             let home = std::env::var("HOME").ok()?;
             // TANSU_BIN is scripts/services.sh's patched build (scripts/tansu/);
             // without it, whatever tansu is installed.
-            let candidates = [PathBuf::from(home).join(".cargo/bin/tansu")];
-            candidates.into_iter().find(|p| p.exists()).or_else(|| which("tansu"))
+            let installed = PathBuf::from(home).join(".cargo/bin/tansu");
+            installed.exists().then_some(installed).or_else(|| which("tansu"))
         })?;
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised_url = format!("tcp://127.0.0.1:{advertised}");
