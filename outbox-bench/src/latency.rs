@@ -54,15 +54,19 @@ impl Spread {
 pub struct Latency {
     pub rate: f64,
     pub events: usize,
+    /// Commit → handed to the producer (the relay's poll wait and claim).
+    pub sent: Spread,
     /// Commit → broker confirmation (as the relay receives it).
     pub confirm: Spread,
     /// Commit → receipt by a consumer.
     pub receipt: Spread,
 }
 
-/// The Kafka publisher, noting when each event's confirmation arrived.
+/// The Kafka publisher, noting when each event was handed to it and when
+/// its confirmation arrived.
 struct Timed {
     inner: KafkaPublisher,
+    sent: Clock,
     confirmed: Clock,
 }
 
@@ -70,6 +74,13 @@ struct Timed {
 impl Publisher for Timed {
     async fn send(&self, events: &[OutboxEvent], hold: &HashSet<String>) -> Sending {
         let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        {
+            let now = Instant::now();
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                sent.entry(id.clone()).or_insert(now);
+            }
+        }
         let sending = self.inner.send(events, hold).await;
         let confirmed = self.confirmed.clone();
         Sending::new(vec![None; ids.len()], async move {
@@ -94,8 +105,9 @@ impl Publisher for Timed {
 fn relay_thread(
     env: &Env,
     config: OutboxConfig,
+    sent: Clock,
     confirmed: Clock,
-    poll: Duration,
+    relay_config: RelayConfig,
     shutdown: CancellationToken,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
     let notify = config.notify();
@@ -106,8 +118,7 @@ fn relay_thread(
             // Set up as the relay binary sets up its pool.
             let options = outbox_core::queue_session_options(url.parse()?);
             let pool = PgPoolOptions::new().max_connections(4).test_before_acquire(false).connect_with(options).await?;
-            let publisher = Timed { inner: KafkaPublisher::new(KafkaPublisherConfig::new(brokers))?, confirmed };
-            let relay_config = RelayConfig { poll_interval: poll, ..RelayConfig::default() };
+            let publisher = Timed { inner: KafkaPublisher::new(KafkaPublisherConfig::new(brokers))?, sent, confirmed };
             let relay = Relay::new(PgStore::new(pool.clone(), &config).with_queue_sessions(), publisher, relay_config)?;
             if notify {
                 tokio::spawn(outbox_core::listen_for_wakeups(pool, &config, relay.waker(), shutdown.clone()));
@@ -118,19 +129,27 @@ fn relay_thread(
     })
 }
 
-/// `poll` is the relay's poll interval (its default is 10 ms); with
+/// `relay` is the relay's configuration (the binary's defaults but for the
+/// options S3 is run with); with
 /// `notify`, writers send a wake-up with each event and the relay listens
 /// (`--wakeup notify`).
-pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration, notify: bool) -> anyhow::Result<Latency> {
+pub async fn steady(
+    env: &Env,
+    rate: f64,
+    duration: Duration,
+    relay: &RelayConfig,
+    notify: bool,
+) -> anyhow::Result<Latency> {
     let (config, _) = env.outbox("latency").await?;
     let config = config.with_notify(notify);
     let outbox = outbox_core::Outbox::new(config.clone());
     let topic = env.topic("latency", 6).await?;
     let committed: Clock = Arc::default();
+    let handed: Clock = Arc::default();
     let confirmed: Clock = Arc::default();
     let received: Clock = Arc::default();
     let shutdown = CancellationToken::new();
-    let relay = relay_thread(env, config, confirmed.clone(), poll, shutdown.clone());
+    let relay = relay_thread(env, config, handed.clone(), confirmed.clone(), relay.clone(), shutdown.clone());
     let reader = spawn_reader(env, &topic, &received, duration + Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await; // relay joined, reader assigned
     let start = Instant::now();
@@ -163,11 +182,13 @@ pub async fn steady(env: &Env, rate: f64, duration: Duration, poll: Duration, no
     shutdown.cancel();
     relay.join().map_err(|_| anyhow::anyhow!("relay panicked"))??;
     let committed = committed.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = handed.lock().unwrap_or_else(|e| e.into_inner());
     let confirmed = confirmed.lock().unwrap_or_else(|e| e.into_inner());
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
     Ok(Latency {
         rate,
         events: committed.len(),
+        sent: Spread::of("commit → sent", &committed, &handed)?,
         confirm: Spread::of("commit → confirmation", &committed, &confirmed)?,
         receipt: Spread::of("commit → consumer receipt", &committed, &received)?,
     })
