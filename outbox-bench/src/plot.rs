@@ -1,13 +1,17 @@
-//! A self-contained SVG of a latency distribution (cumulative share of
+//! A self-contained SVG of latency distributions (cumulative share of
 //! events against milliseconds, log-scaled), for docs/benchmarks.md.
 
 use std::fmt::Write;
 
-/// Renders the CDF of `sorted_ms` (ascending) as an SVG document.
-pub fn latency_cdf_svg(sorted_ms: &[f64], title: &str) -> String {
+/// Colours of the curves, in the order given.
+const COLOURS: [&str; 3] = ["#1f77b4", "#ff7f0e", "#2ca02c"];
+
+/// Renders the CDF of each named series (values ascending) as an SVG
+/// document, with a legend; the axis spans the largest value of any.
+pub fn latency_cdf_svg(series: &[(&str, &[f64])], title: &str) -> String {
     let (w, h, left, bottom, top, right) = (720.0, 360.0, 60.0, 40.0, 30.0, 20.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
-    let max = sorted_ms.last().copied().unwrap_or(1.0).max(1.0);
+    let max = series.iter().filter_map(|(_, v)| v.last().copied()).fold(1.0, f64::max);
     let (lo, hi) = (0.1_f64.log10(), max.log10().ceil().max(1.0));
     let x = |ms: f64| left + (ms.max(0.1).log10() - lo) / (hi - lo) * pw;
     let y = |share: f64| top + (1.0 - share) * ph;
@@ -41,21 +45,50 @@ pub fn latency_cdf_svg(sorted_ms: &[f64], title: &str) -> String {
             share * 100.0
         );
     }
-    let n = sorted_ms.len().max(1) as f64;
-    let step = (sorted_ms.len() / 600).max(1);
-    let points: Vec<String> = sorted_ms
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % step == 0 || *i + 1 == sorted_ms.len())
-        .map(|(i, ms)| format!("{:.1},{:.1}", x(*ms), y((i + 1) as f64 / n)))
-        .collect();
-    let _ =
-        write!(svg, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
+    for (i, (name, sorted_ms)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let n = sorted_ms.len().max(1) as f64;
+        let step = (sorted_ms.len() / 600).max(1);
+        let points: Vec<String> = sorted_ms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % step == 0 || *i + 1 == sorted_ms.len())
+            .map(|(i, ms)| format!("{:.1},{:.1}", x(*ms), y((i + 1) as f64 / n)))
+            .collect();
+        // Legend, bottom right (the curves rise from the left).
+        let ly = top + ph - 12.0 - 16.0 * (series.len() - 1 - i) as f64;
+        let (lx, ty) = (left + pw - 250.0, ly + 4.0);
+        let (lx2, tx) = (lx + 20.0, lx + 26.0);
+        let points = points.join(" ");
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{points}\"/>\
+             <line x1=\"{lx}\" y1=\"{ly}\" x2=\"{lx2}\" y2=\"{ly}\" stroke=\"{colour}\" stroke-width=\"2\"/>\
+             <text x=\"{tx}\" y=\"{ty}\">{name}</text>"
+        );
+    }
     let _ = write!(
         svg,
-        "<text x=\"{0}\" y=\"{1}\" text-anchor=\"middle\">commit → consumer receipt (ms, log scale)</text></svg>",
+        "<text x=\"{0}\" y=\"{1}\" text-anchor=\"middle\">ms after the commit (log scale)</text></svg>",
         left + pw / 2.0,
         h - 4.0
     );
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_gets_a_curve_and_a_legend_entry() {
+        let fast = [0.5, 1.0, 2.0];
+        let slow = [1.0, 4.0, 250.0];
+        let svg = latency_cdf_svg(&[("sent", &fast), ("confirmed", &slow)], "title");
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains(">sent</text>") && svg.contains(">confirmed</text>"));
+        // The axis reaches the slowest event of any series: 250 ms → 1000 ms.
+        assert!(svg.contains(">1000 ms</text>"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
 }
