@@ -5,6 +5,7 @@
 //! publisher wrapped to note when each event's confirmation arrived.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,7 +179,8 @@ pub async fn steady(
     while let Some(r) = writers.join_next().await {
         r??;
     }
-    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let written = committed.lock().unwrap_or_else(|e| e.into_inner()).len();
+    reader.finish(written)?;
     shutdown.cancel();
     relay.join().map_err(|_| anyhow::anyhow!("relay panicked"))??;
     let committed = committed.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,23 +196,38 @@ pub async fn steady(
     })
 }
 
-/// Runs [`read`] on its own thread for `until`.
-pub fn spawn_reader(
-    env: &Env,
-    topic: &str,
-    received: &Clock,
-    until: Duration,
-) -> std::thread::JoinHandle<anyhow::Result<()>> {
-    let (brokers, topic, received) = (env.brokers.clone(), topic.to_owned(), received.clone());
-    std::thread::spawn(move || read(&brokers, &topic, &received, until))
+/// A consumer on its own thread recording receipts (see [`read`]).
+pub struct Reader {
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    expected: Arc<AtomicUsize>,
 }
 
-/// Records when each event (by `ce_id`) is first received from `topic`.
+impl Reader {
+    /// Waits until `expected` events were received, or the reader's time
+    /// ran out (the caller then finds the missing ones).
+    pub fn finish(self, expected: usize) -> anyhow::Result<()> {
+        self.expected.store(expected, Ordering::SeqCst);
+        self.thread.join().map_err(|_| anyhow::anyhow!("reader panicked"))?
+    }
+}
+
+/// Runs [`read`] on its own thread, for at most `until`.
+pub fn spawn_reader(env: &Env, topic: &str, received: &Clock, until: Duration) -> Reader {
+    let (brokers, topic, received) = (env.brokers.clone(), topic.to_owned(), received.clone());
+    let expected = Arc::new(AtomicUsize::new(usize::MAX));
+    let wanted = Arc::clone(&expected);
+    let thread = std::thread::spawn(move || read(&brokers, &topic, &received, until, &wanted));
+    Reader { thread, expected }
+}
+
+/// Records when each event (by `ce_id`) is first received from `topic`,
+/// until `expected` events were or `until` has passed.
 pub fn read(
     brokers: &str,
     topic: &str,
     received: &Mutex<HashMap<String, Instant>>,
     until: Duration,
+    expected: &AtomicUsize,
 ) -> anyhow::Result<()> {
     let consumer = crate::env::reader(brokers, topic, &[("fetch.wait.max.ms", "5")])?;
     let start = Instant::now();
@@ -225,6 +242,9 @@ pub fn read(
                     .entry(String::from_utf8_lossy(id).into_owned())
                     .or_insert(now);
             }
+        }
+        if received.lock().unwrap_or_else(|e| e.into_inner()).len() >= expected.load(Ordering::SeqCst) {
+            break;
         }
     }
     Ok(())

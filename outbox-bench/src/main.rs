@@ -76,14 +76,26 @@ struct Sizes {
     backlog: usize,
     naive: usize,
     seconds: Duration,
+    /// Per S1 variant run (S1 runs eight: four variants, alternated twice).
+    write_seconds: Duration,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let sizes = match args.mode {
-        Mode::Quick => Sizes { backlog: 50_000, naive: 2_000, seconds: Duration::from_secs(8) },
-        Mode::Full => Sizes { backlog: 200_000, naive: 10_000, seconds: Duration::from_secs(30) },
+        Mode::Quick => Sizes {
+            backlog: 50_000,
+            naive: 2_000,
+            seconds: Duration::from_secs(8),
+            write_seconds: Duration::from_secs(4),
+        },
+        Mode::Full => Sizes {
+            backlog: 200_000,
+            naive: 10_000,
+            seconds: Duration::from_secs(30),
+            write_seconds: Duration::from_secs(30),
+        },
     };
     let backlog = args.events.unwrap_or(sizes.backlog);
     let wants = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
@@ -124,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut write_overhead = None;
     if wants(Scenario::S1) {
-        let w = write_path::run(&env, sizes.seconds).await?;
+        let w = write_path::run(&env, sizes.write_seconds).await?;
         rows.push((
             "S1 write path, 16 writers".into(),
             format!(

@@ -131,7 +131,7 @@ pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Re
         acks.push(ms);
         sent_at.insert(id, t);
     }
-    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    reader.finish(sent_at.len())?;
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
     let receipts = crate::latency::Spread::of("produce → consumer receipt", &sent_at, &received)?;
     acks.sort_by(f64::total_cmp);
