@@ -49,6 +49,10 @@ struct Args {
     /// default unless given).
     #[arg(long)]
     s3_pipeline_depth: Option<usize>,
+    /// The relay's busy poll interval in S3 (after a claim that found
+    /// events; the relay's default unless given).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    s3_busy_poll_interval: Option<Duration>,
     /// Write S3's latency distribution as an SVG plot to this file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -186,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
         let s3_relay = outbox_core::RelayConfig {
             poll_interval: args.s3_poll_interval,
             pipeline_depth: args.s3_pipeline_depth.unwrap_or(defaults.pipeline_depth),
+            busy_poll_interval: args.s3_busy_poll_interval.unwrap_or(defaults.busy_poll_interval),
             ..defaults
         };
         let floor = physical::raw_latency(&env, 1000.0, sizes.seconds).await?;

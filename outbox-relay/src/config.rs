@@ -188,7 +188,8 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_PIPELINE_DEPTH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub pipeline_depth: u32,
 
-    /// Pause between polls when the outbox is empty (e.g. 100ms, 1s).
+    /// Pause between polls when the outbox is empty, once it has been empty
+    /// this long (e.g. 100ms, 1s).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "10ms", value_parser = parse_positive_duration)]
     pub poll_interval: Duration,
 

@@ -19,11 +19,13 @@ use crate::error::Result;
 pub struct RelayConfig {
     /// Most rows claimed and published per batch.
     pub batch_size: usize,
-    /// Pause after finding no work.
+    /// Pause after finding no work, once the outbox has been empty for
+    /// this long.
     pub poll_interval: Duration,
-    /// Pause after a claim that found some work but less than a full batch:
-    /// events are flowing, so the next one is likely close (never longer
-    /// than `poll_interval`).
+    /// Pause after a claim that found some work but less than a full batch,
+    /// and after an empty claim less than `poll_interval` after one that
+    /// found work: events are flowing, so the next one is likely close
+    /// (never longer than `poll_interval`).
     pub busy_poll_interval: Duration,
     /// Batches in flight at once: while the broker confirms one batch, the
     /// relay claims and sends the next ones (1 waits for each batch to be

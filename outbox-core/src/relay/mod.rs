@@ -181,13 +181,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     ) -> bool {
         match claimed {
             Ok(events) => {
-                claims.error_streak = 0;
+                claims.after_claim(events.len(), &self.config, Instant::now());
                 if events.is_empty() {
-                    claims.next = Instant::now() + self.config.poll_interval;
                     return false;
-                }
-                if events.len() < self.config.batch_size {
-                    claims.next = Instant::now() + self.config.busy_poll_interval.min(self.config.poll_interval);
                 }
                 self.send(pipeline, events).await;
                 true
@@ -451,21 +447,43 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     }
 }
 
-/// When the relay claims next, and how many claims in a row failed.
+/// When the relay claims next, how many claims in a row failed, and when a
+/// claim last found events.
 struct ClaimSchedule {
     next: Instant,
     error_streak: u32,
+    last_found: Option<Instant>,
 }
 
 impl Default for ClaimSchedule {
     fn default() -> Self {
-        ClaimSchedule { next: Instant::now(), error_streak: 0 }
+        ClaimSchedule { next: Instant::now(), error_streak: 0, last_found: None }
     }
 }
 
 impl ClaimSchedule {
     fn due(&self) -> bool {
         Instant::now() >= self.next
+    }
+
+    /// Schedules the next claim after one that found `found` events at
+    /// `now`: at once after a full batch, soon (the busy interval) while
+    /// events flow, at the poll interval once the outbox has been empty
+    /// for a poll interval. A gap between two commits is not idleness:
+    /// waiting the whole poll interval there set the tail of commit →
+    /// confirmation (p99 13.4 against 9.9 ms at 1,000 events/s, S3).
+    fn after_claim(&mut self, found: usize, config: &RelayConfig, now: Instant) {
+        self.error_streak = 0;
+        let busy = config.busy_poll_interval.min(config.poll_interval);
+        if found == 0 {
+            let flowing = self.last_found.is_some_and(|t| now.duration_since(t) < config.poll_interval);
+            self.next = now + if flowing { busy } else { config.poll_interval };
+            return;
+        }
+        self.last_found = Some(now);
+        if found < config.batch_size {
+            self.next = now + busy;
+        }
     }
 }
 
@@ -488,5 +506,36 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(duration) => {}
         _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_stay_busy_through_short_gaps_then_fall_back_to_the_poll_interval() {
+        let config = RelayConfig::default(); // poll 10 ms, busy 2 ms, batch 1000
+        let (poll, busy) = (config.poll_interval, config.busy_poll_interval);
+        let t0 = Instant::now();
+        let mut s = ClaimSchedule { next: t0, error_streak: 3, last_found: None };
+        // Idle from the start: the poll interval.
+        s.after_claim(0, &config, t0);
+        assert_eq!((s.next, s.error_streak), (t0 + poll, 0));
+        // A full batch: claim again at once (the schedule is left due).
+        s.next = t0;
+        s.after_claim(config.batch_size, &config, t0);
+        assert_eq!(s.next, t0);
+        // A partial batch: the busy interval.
+        s.after_claim(5, &config, t0);
+        assert_eq!(s.next, t0 + busy);
+        // Empty soon after events: still busy.
+        let t1 = t0 + busy;
+        s.after_claim(0, &config, t1);
+        assert_eq!(s.next, t1 + busy);
+        // Empty a poll interval after the last events: idle again.
+        let t2 = t0 + poll;
+        s.after_claim(0, &config, t2);
+        assert_eq!(s.next, t2 + poll);
     }
 }
