@@ -46,6 +46,9 @@ struct Args {
     /// Give up after this long in total.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Most messages applied in one transaction (default: the library's).
+    #[arg(long)]
+    batch_size: Option<usize>,
 }
 
 struct Billing {
@@ -107,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
     // A crashed member holds its partitions until its session times out:
     // keep that short so a restarted consumer takes over quickly.
     consumer_config.kafka_settings.push(("session.timeout.ms".into(), "6000".into()));
+    if let Some(batch_size) = args.batch_size {
+        consumer_config.batch_size = batch_size;
+    }
     if let Some(debug) = std::env::var("CONSUMER_KAFKA_DEBUG").ok().filter(|d| !d.is_empty()) {
         consumer_config.kafka_settings.push(("debug".into(), debug)); // e.g. cgrp,fetch
     }

@@ -526,7 +526,19 @@ pub fn total(committed: &HashMap<String, Vec<Uuid>>) -> usize {
 /// Runs the demo consumer (examples/consumer_service) against `world`;
 /// returns its exit status and stdout.
 pub fn run_consumer(world: &World, group: &str, expect: usize, failpoint: Option<&str>) -> (ExitStatus, String) {
+    run_consumer_with(world, group, expect, failpoint, &[])
+}
+
+/// [`run_consumer`] with more `consumer_service` arguments.
+pub fn run_consumer_with(
+    world: &World,
+    group: &str,
+    expect: usize,
+    failpoint: Option<&str>,
+    extra: &[&str],
+) -> (ExitStatus, String) {
     let mut cmd = Command::new(binary("consumer_service"));
+    cmd.args(extra);
     cmd.args(["--outbox-schema", &world.schema, "--app-schema", &format!("{}_app", world.schema)])
         .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
         .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])
