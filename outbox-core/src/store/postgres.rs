@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, Rebalance, RelayId, RetryLater, SlotLag};
@@ -191,7 +191,7 @@ impl PgSql {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// A claimed row: [`EVENT_COLUMNS`], then `attempts, slot, epoch`.
 struct EventRow {
     seq: i64,
     id: Uuid,
@@ -209,6 +209,32 @@ struct EventRow {
     attempts: i32,
     slot: i32,
     epoch: i64,
+}
+
+/// Decoded by position: the claim selects its columns in this order, and
+/// looking each one up by name (a hash per column per row) was the larger
+/// part of the relay's row decoding.
+impl<'r> FromRow<'r, PgRow> for EventRow {
+    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
+        Ok(EventRow {
+            seq: row.try_get(0)?,
+            id: row.try_get(1)?,
+            topic: row.try_get(2)?,
+            key: row.try_get(3)?,
+            event_type: row.try_get(4)?,
+            source: row.try_get(5)?,
+            content_type: row.try_get(6)?,
+            payload: row.try_get(7)?,
+            headers: row.try_get(8)?,
+            traceparent: row.try_get(9)?,
+            tracestate: row.try_get(10)?,
+            occurred_at: row.try_get(11)?,
+            created_at: row.try_get(12)?,
+            attempts: row.try_get(13)?,
+            slot: row.try_get(14)?,
+            epoch: row.try_get(15)?,
+        })
+    }
 }
 
 impl From<EventRow> for OutboxEvent {
@@ -521,5 +547,32 @@ async fn listen_loop(
             },
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EVENT_COLUMNS;
+
+    /// `EventRow` is decoded by position: the columns must stay in its order.
+    #[test]
+    fn event_columns_are_in_the_order_event_row_decodes() {
+        let columns: Vec<&str> = EVENT_COLUMNS.split(',').map(str::trim).collect();
+        let decoded = [
+            "seq",
+            "id",
+            "topic",
+            "key",
+            "event_type",
+            "source",
+            "content_type",
+            "payload",
+            "headers",
+            "traceparent",
+            "tracestate",
+            "occurred_at",
+            "created_at",
+        ];
+        assert_eq!(columns, decoded);
     }
 }
