@@ -30,6 +30,13 @@ async fn metrics_and_readiness_reflect_the_relay() {
     assert!(metrics.contains("outbox_delivery_failures_total 0"));
     assert!(metrics.contains("outbox_batch_publish_duration_seconds_bucket"));
     assert!(metrics.contains("outbox_batch_publish_duration_seconds_count"));
+    for histogram in ["outbox_claim_duration_seconds", "outbox_settle_duration_seconds"] {
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{histogram}_count ")))
+            .unwrap_or_else(|| panic!("{histogram} missing: {metrics}"));
+        assert!(count.trim().parse::<f64>().unwrap() >= 1.0, "{histogram}_count {count}");
+    }
 
     // --log-format json: every log line is a JSON object.
     let log = relay.log_text();

@@ -41,6 +41,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("outbox_batch_publish_duration_seconds".into()), &buckets)?
         .set_buckets_for_metric(Matcher::Full("outbox_commit_to_confirm_seconds".into()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full("outbox_claim_duration_seconds".into()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full("outbox_settle_duration_seconds".into()), &buckets)?
         .install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -57,6 +59,11 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("outbox_oldest_pending_age_seconds", "Age of the oldest pending event");
     metrics::describe_gauge!("outbox_dead_letter_events", "Events in the dead-letter table");
     metrics::describe_histogram!("outbox_batch_publish_duration_seconds", "Produce-to-confirmation time of a batch");
+    metrics::describe_histogram!("outbox_claim_duration_seconds", "Time one claim of a batch of events took");
+    metrics::describe_histogram!(
+        "outbox_settle_duration_seconds",
+        "Time recording a confirmed batch's outcome took (mark, dead-letter, reschedule)"
+    );
     metrics::describe_histogram!(
         "outbox_commit_to_confirm_seconds",
         "Time from the writing transaction to the broker's confirmation, per event"

@@ -141,7 +141,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             }
             let room = pipeline.len() < self.config.pipeline_depth;
             if room && claims.due() {
-                let claimed = self.store.claim(self.id, self.config.batch_size, &pipeline.seqs()).await;
+                let claimed = self.claim(&pipeline.seqs()).await;
                 if self.claimed(&mut pipeline, claimed, &mut claims).await {
                     continue;
                 }
@@ -169,6 +169,15 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         metrics::gauge!("outbox_slots_owned").set(0.0);
         Ok(())
+    }
+
+    /// Claims up to a batch of events, skipping `skip` (rows in flight or
+    /// being marked), and records how long the claim took.
+    async fn claim(&self, skip: &[i64]) -> Result<Vec<OutboxEvent>> {
+        let started = Instant::now();
+        let claimed = self.store.claim(self.id, self.config.batch_size, skip).await;
+        metrics::histogram!("outbox_claim_duration_seconds").record(started.elapsed().as_secs_f64());
+        claimed
     }
 
     /// Records a claim's result: sends what it found and schedules the next
@@ -219,7 +228,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         let mut skip = pipeline.seqs();
         skip.extend(batch.events.iter().map(|e| e.seq));
-        let claim = self.store.claim(self.id, self.config.batch_size, &skip);
+        let claim = self.claim(&skip);
         let (finished, claimed) = tokio::join!(self.finish(pipeline, batch, outcomes, shutdown), claim);
         let report = finished?;
         self.claimed(pipeline, claimed, claims).await;
@@ -321,7 +330,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Claims, publishes and settles one batch, with nothing else in flight.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
-        let events = self.store.claim(self.id, self.config.batch_size, &[]).await?;
+        let events = self.claim(&[]).await?;
         if events.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -412,6 +421,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     ) -> Result<()> {
         let mut attempt = 0;
         loop {
+            let started = Instant::now();
             let result = async {
                 let marked = self.store.mark_published(self.id, delivered, !self.config.retention.is_zero()).await?;
                 let quarantine = self.config.poison_policy == PoisonPolicy::QuarantineKey;
@@ -420,6 +430,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 Ok::<_, crate::Error>(marked + dead_lettered + rescheduled)
             }
             .await;
+            metrics::histogram!("outbox_settle_duration_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Ok(settled) => {
                     let expected = (delivered.len() + dead.len() + retries.len()) as u64;
