@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outbox_core::{KafkaPublisher, OutboxStore, PgStore, Publisher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -38,12 +38,9 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// after 800,000).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("outbox_batch_publish_duration_seconds".into()), &buckets)?
-        .set_buckets_for_metric(Matcher::Full("outbox_commit_to_confirm_seconds".into()), &buckets)?
-        .set_buckets_for_metric(Matcher::Full("outbox_claim_duration_seconds".into()), &buckets)?
-        .set_buckets_for_metric(Matcher::Full("outbox_settle_duration_seconds".into()), &buckets)?
-        .install_recorder()?;
+    // Every histogram the relay records is in seconds: the same buckets
+    // for all (without buckets, one would be exported as a summary).
+    let handle = PrometheusBuilder::new().set_buckets(&buckets)?.install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
