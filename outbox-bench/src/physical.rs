@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
+use outbox_core::{cloudevents_headers, OutboxEvent};
+
 use crate::env::{key, payload, percentile, Env};
 
 /// K's producer settings (with idempotence and `acks=all`, see
@@ -43,25 +45,6 @@ async fn produce_with(
     }
 }
 
-/// The headers the relay puts on record `i` (CloudEvents binary mode), made
-/// as the relay makes them: the stored id and time formatted per record (no
-/// clock or random source read).
-fn relay_like_headers(i: usize, at: chrono::DateTime<chrono::Utc>) -> OwnedHeaders {
-    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::from_u128(i as u128).hyphenated().encode_lower(&mut id);
-    let time = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    [
-        ("ce_specversion", "1.0"),
-        ("ce_id", &*id),
-        ("ce_source", "outbox-bench"),
-        ("ce_type", "bench.event"),
-        ("ce_time", time.as_str()),
-        ("content-type", "application/json"),
-    ]
-    .into_iter()
-    .fold(OwnedHeaders::new_with_capacity(6), |h, (key, value)| h.insert(Header { key, value: Some(value.as_bytes()) }))
-}
-
 /// K: events/s of a bare rdkafka producer (idempotent, acks=all), same
 /// payloads and keys, produce everything then await every report; with
 /// `headers`, each record also carries the relay's six CloudEvents headers.
@@ -73,13 +56,34 @@ pub async fn raw_producer(env: &Env, n: usize, keys: usize, headers: bool) -> an
     let producer = env.warm_producer(&topic, &K_SETTINGS).await?;
     let payloads: Vec<String> = (0..n).map(|i| payload(i).to_string()).collect();
     let keys: Vec<String> = (0..n).map(|i| key(i, keys)).collect();
-    let at = chrono::Utc::now();
+    // One event shaped as the relay claims it (the writers' content type, no
+    // trace context); only its id changes per record.
+    let now = chrono::Utc::now();
+    let mut event = OutboxEvent {
+        seq: 0,
+        id: uuid::Uuid::nil(),
+        topic: topic.clone(),
+        key: None,
+        event_type: "bench.event".into(),
+        source: "outbox-bench".into(),
+        content_type: Some("application/json".into()),
+        payload: Vec::new(),
+        headers: Default::default(),
+        traceparent: None,
+        tracestate: None,
+        occurred_at: now,
+        created_at: now,
+        attempts: 0,
+        slot: 0,
+        epoch: 0,
+    };
     let mut runs = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
         let mut futures = Vec::with_capacity(n);
         for i in 0..n {
-            let make_headers = || headers.then(|| relay_like_headers(i, at));
+            event.id = uuid::Uuid::from_u128(i as u128);
+            let make_headers = || headers.then(|| cloudevents_headers(&event));
             futures.push(produce_with(&producer, &topic, Some(&keys[i]), payloads[i].as_bytes(), make_headers).await);
         }
         for result in futures::future::join_all(futures).await {

@@ -54,7 +54,9 @@ pub use inbox::{
     ReceivedEvent,
 };
 pub use message::{Message, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KEY_BYTES, RESERVED_HEADERS};
-pub use publish::{Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, Sending, TopicCreation};
+pub use publish::{
+    cloudevents_headers, Delivery, KafkaPublisher, KafkaPublisherConfig, Publisher, Sending, TopicCreation,
+};
 pub use relay::{BatchReport, PoisonPolicy, Relay, RelayConfig};
 pub use store::{listen_for_wakeups, queue_session_options, QUEUE_SESSION_SETTINGS};
 pub use store::{

@@ -331,9 +331,24 @@ fn classify(error: &KafkaError) -> Delivery {
     }
 }
 
-/// CloudEvents Kafka binding (binary mode) headers plus trace context and
-/// the application's headers.
-fn headers(event: &OutboxEvent) -> OwnedHeaders {
+/// The headers the relay puts on an event's record: CloudEvents Kafka
+/// binding (binary mode) attributes, trace context, and the application's
+/// headers.
+///
+/// ```
+/// use rdkafka::message::Headers;
+/// # fn event() -> outbox_core::OutboxEvent {
+/// #     let now = chrono::Utc::now();
+/// #     outbox_core::OutboxEvent { seq: 1, id: uuid::Uuid::now_v7(), topic: "orders".into(), key: None,
+/// #         event_type: "order.created".into(), source: "shop".into(), content_type: None, payload: vec![],
+/// #         headers: Default::default(), traceparent: None, tracestate: None, occurred_at: now, created_at: now,
+/// #         attempts: 0, slot: 0, epoch: 0 }
+/// # }
+/// let headers = outbox_core::cloudevents_headers(&event());
+/// let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
+/// assert_eq!(names, ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"]);
+/// ```
+pub fn cloudevents_headers(event: &OutboxEvent) -> OwnedHeaders {
     // `OwnedHeaders::insert` takes and returns the list: chain it rather than
     // `mem::take` it, whose default allocates (and frees) a fresh C list per
     // header.
@@ -383,7 +398,8 @@ impl Publisher for KafkaPublisher {
             let failed = if let Some(verdict) = verdicts.get(&event.topic) {
                 Some(verdict.clone())
             } else {
-                let mut record = FutureRecord::to(&event.topic).payload(&event.payload).headers(headers(event));
+                let mut record =
+                    FutureRecord::to(&event.topic).payload(&event.payload).headers(cloudevents_headers(event));
                 if let Some(key) = &event.key {
                     record = record.key(key.as_str());
                 }

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use crate::error::Result;
 use crate::store::OutboxEvent;
 
-pub use kafka::{KafkaPublisher, KafkaPublisherConfig, TopicCreation};
+pub use kafka::{cloudevents_headers, KafkaPublisher, KafkaPublisherConfig, TopicCreation};
 
 /// What became of one event handed to [`Publisher::publish`].
 #[derive(Debug, Clone, PartialEq, Eq)]
