@@ -7,6 +7,8 @@
 //! cargo run --example consumer_service -- --expect 180 --idle-exit 5s
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -86,8 +88,12 @@ impl Handler for Billing {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(4).connect(&args.database_url).await.context("connect")?;
+    let args = cli::parse::<Args>();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(outbox::pg_connect_options(&args.database_url)?)
+        .await
+        .context("connect")?;
     let config = OutboxConfig::default().with_schema(&args.outbox_schema)?;
     outbox::migrate::migrate(&pool, &config).await?;
     let s = &args.app_schema;

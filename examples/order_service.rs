@@ -7,6 +7,8 @@
 //! cargo run --example order_service -- --orders 200 --rollback-percent 10
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
 use anyhow::Context;
 use clap::Parser;
 use outbox::{Message, Outbox, OutboxConfig};
@@ -41,9 +43,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(4).connect(&args.database_url).await.context("connect")?;
-    let outbox = Outbox::new(OutboxConfig::default().with_schema(&args.outbox_schema)?.with_source("/shop/orders"));
+    let args = cli::parse::<Args>();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(outbox::pg_connect_options(&args.database_url)?)
+        .await
+        .context("connect")?;
+    let outbox = Outbox::new(OutboxConfig::default().with_schema(&args.outbox_schema)?.with_source("/shop/orders")?);
     outbox.migrate(&pool).await?;
     let app = &args.app_schema;
     sqlx::raw_sql(&format!(

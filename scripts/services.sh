@@ -63,10 +63,12 @@ start_postgres() {
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || return 1
     bindir=$(_pg_bindir) || { log "PostgreSQL binaries not found after install"; return 1; }
   fi
-  dir="$OUTBOX_STATE_DIR/pg-$port"
+  # initdb refuses to run as root: as root, run the private cluster as
+  # postgres, in a directory that user can reach ($HOME is often 0700).
+  local as=() root="$OUTBOX_STATE_DIR"
+  if [[ $(id -u) == 0 ]]; then as=(runuser -u postgres --); root="${OUTBOX_PG_ROOT:-/var/tmp/outbox}"; fi
+  dir="$root/pg-$port"
   id -u postgres >/dev/null 2>&1 || useradd --system --home-dir "$dir" postgres
-  # initdb refuses to run as root: run the private cluster as postgres.
-  local as=(); [[ $(id -u) == 0 ]] && as=(runuser -u postgres --)
   if [[ ! -f "$dir/PG_VERSION" ]]; then
     rm -rf "$dir"; mkdir -p "$dir"; [[ $(id -u) == 0 ]] && chown postgres "$dir"
     "${as[@]}" "$bindir/initdb" -D "$dir" -U postgres --auth=trust >/dev/null || return 1

@@ -16,6 +16,8 @@
 mod check;
 #[path = "../common/child.rs"]
 mod child;
+#[path = "../common/cli.rs"]
+mod cli;
 mod fast_path;
 mod slow_path;
 
@@ -107,7 +109,7 @@ impl Args {
     }
     fn outbox(&self) -> anyhow::Result<Outbox> {
         let config =
-            OutboxConfig::default().with_schema(&format!("{}_outbox", self.schema()))?.with_source("/flash-sale");
+            OutboxConfig::default().with_schema(&format!("{}_outbox", self.schema()))?.with_source("/flash-sale")?;
         Ok(Outbox::new(config))
     }
     fn topic(&self, name: &str) -> String {
@@ -121,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let mut args = Args::parse();
+    let mut args = cli::parse::<Args>();
     match args.role {
         Role::Consume => consume(&args).await,
         Role::Run => {
@@ -134,7 +136,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new().max_connections(max).connect(url).await.context("connecting to PostgreSQL (DATABASE_URL)")
+    PgPoolOptions::new()
+        .max_connections(max)
+        .connect_with(outbox::pg_connect_options(url)?)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")
 }
 
 async fn redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {

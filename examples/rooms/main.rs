@@ -17,6 +17,8 @@
 
 #[path = "../common/child.rs"]
 mod child;
+#[path = "../common/cli.rs"]
+mod cli;
 mod client;
 mod server;
 
@@ -86,7 +88,7 @@ struct Args {
 
 impl Args {
     fn outbox(&self) -> anyhow::Result<Outbox> {
-        Ok(Outbox::new(OutboxConfig::default().with_schema(&format!("{}_outbox", self.schema))?.with_source("/rooms")))
+        Ok(Outbox::new(OutboxConfig::default().with_schema(&format!("{}_outbox", self.schema))?.with_source("/rooms")?))
     }
 }
 
@@ -96,8 +98,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(10).connect(&args.database_url).await.context("connect")?;
+    let args = cli::parse::<Args>();
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(outbox::pg_connect_options(&args.database_url)?)
+        .await
+        .context("connect")?;
     match args.role {
         Role::Server => {
             let outbox = args.outbox()?;

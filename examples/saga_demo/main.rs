@@ -15,6 +15,8 @@
 mod check;
 #[path = "../common/child.rs"]
 mod child;
+#[path = "../common/cli.rs"]
+mod cli;
 mod processes;
 
 use std::path::PathBuf;
@@ -101,9 +103,14 @@ struct Args {
 
 /// `url` with its database name replaced by `name`.
 fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").context("DATABASE_URL has no scheme")? + 3;
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    // The host starts after the last `@`: a pasted password may hold `/` or `?`.
+    let scheme_end = url.find("://").context("DATABASE_URL has no scheme")? + 3;
+    let host_start = url[scheme_end..].rfind('@').map_or(scheme_end, |i| scheme_end + i + 1);
+    let (base, query) = match url[host_start..].find('?') {
+        Some(i) => (&url[..host_start + i], Some(&url[host_start + i + 1..])),
+        None => (url, None),
+    };
+    let path_start = base[host_start..].find('/').map_or(base.len(), |i| host_start + i);
     let mut out = format!("{}/{name}", &base[..path_start]);
     if let Some(q) = query {
         out = format!("{out}?{q}");
@@ -112,8 +119,9 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
 }
 
 fn database_name(url: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    let after = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let after = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let after = after.rsplit_once('@').map_or(after, |(_, host)| host);
+    let after = after.split('?').next().unwrap_or(after);
     after.split_once('/').map(|(_, db)| db).filter(|db| !db.is_empty()).unwrap_or("outbox_demo").to_owned()
 }
 
@@ -123,7 +131,7 @@ async fn fresh_database(args: &Args, service: &str) -> anyhow::Result<(String, P
     let url = with_database(&args.database_url, &name)?;
     let admin = PgPoolOptions::new()
         .max_connections(1)
-        .connect(&with_database(&args.database_url, "postgres")?)
+        .connect_with(outbox::pg_connect_options(&with_database(&args.database_url, "postgres")?)?)
         .await
         .context("connecting to PostgreSQL (DATABASE_URL)")?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -134,7 +142,7 @@ async fn fresh_database(args: &Args, service: &str) -> anyhow::Result<(String, P
         sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await?;
     }
     admin.close().await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&url).await?;
+    let pool = PgPoolOptions::new().max_connections(2).connect_with(outbox::pg_connect_options(&url)?).await?;
     let app = if service == "orders" { "shop" } else { service };
     sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS outbox, {app} CASCADE")).execute(&pool).await?;
     Ok((url, pool))
@@ -142,7 +150,7 @@ async fn fresh_database(args: &Args, service: &str) -> anyhow::Result<(String, P
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     let started = Instant::now();
     // Unique per run: topics, consumer groups and the log directory.
     let prefix = format!("saga-demo-{}-{}", chrono::Utc::now().timestamp_millis(), std::process::id());

@@ -17,6 +17,8 @@
 //! cargo run --example saga_service -- --role inventory --database-url postgres://…/inventory
 //! ```
 
+#[path = "../common/cli.rs"]
+mod cli;
 mod inventory;
 mod orders;
 mod payments;
@@ -98,8 +100,8 @@ impl Args {
     fn topic(&self, name: &str) -> String {
         format!("{}.{name}", self.prefix)
     }
-    fn outbox_config(&self, source: &str) -> OutboxConfig {
-        OutboxConfig::default().with_source(format!("/saga-demo/{source}"))
+    fn outbox_config(&self, source: &str) -> anyhow::Result<OutboxConfig> {
+        Ok(OutboxConfig::default().with_source(format!("/saga-demo/{source}"))?)
     }
 }
 
@@ -143,10 +145,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(8).connect(&args.database_url).await.context("connect")?;
+    let args = cli::parse::<Args>();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(outbox::pg_connect_options(&args.database_url)?)
+        .await
+        .context("connect")?;
     let role = format!("{:?}", args.role).to_lowercase();
-    let config = args.outbox_config(&role);
+    let config = args.outbox_config(&role)?;
     let outbox = Outbox::new(config.clone());
     outbox.migrate(&pool).await?;
 

@@ -38,7 +38,7 @@ impl Env {
     pub async fn outbox(&self, name: &str) -> anyhow::Result<(OutboxConfig, Outbox)> {
         let schema = format!("bench_{name}");
         sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&self.pool).await?;
-        let config = OutboxConfig::default().with_schema(&schema)?.with_source("/bench");
+        let config = OutboxConfig::default().with_schema(&schema)?.with_source("/bench")?;
         let outbox = Outbox::new(config.clone());
         outbox.migrate(&self.pool).await?;
         Ok((config, outbox))

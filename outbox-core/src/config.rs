@@ -148,10 +148,20 @@ impl OutboxConfig {
         self.max_payload_bytes = max;
         self
     }
-    /// Sets the default CloudEvents `source` of messages that do not set one.
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
-        self.source = source.into();
-        self
+    /// Sets the default CloudEvents `source` of messages that do not set one:
+    /// a non-empty RFC 3986 URI-reference, such as `/shop/orders`.
+    ///
+    /// ```
+    /// use outbox_core::OutboxConfig;
+    /// assert!(OutboxConfig::default().with_source("/shop/orders").is_ok());
+    /// assert!(OutboxConfig::default().with_source("").is_err());
+    /// assert!(OutboxConfig::default().with_source("shop orders").is_err());
+    /// ```
+    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
+        let source = source.into();
+        crate::cloudevents::check_source(&source)?;
+        self.source = source;
+        Ok(self)
     }
 
     /// Sets the number of slots keys are spread over (1–4096). Relays divide

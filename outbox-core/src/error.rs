@@ -60,6 +60,36 @@ pub enum ValidationError {
         /// Which field.
         field: &'static str,
     },
+    /// The CloudEvents `source` is not a non-empty URI-reference.
+    #[error("source {value:?} is not a CloudEvents source: {reason}")]
+    InvalidSource {
+        /// The offending source.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The CloudEvents `time` cannot be written in RFC 3339 (a year outside 0000–9999).
+    #[error("time {time} cannot be written as an RFC 3339 timestamp (years 0000-9999)")]
+    InvalidTime {
+        /// The offending time.
+        time: String,
+    },
+    /// The `content-type` (CloudEvents `datacontenttype`) is not an RFC 2046 media type.
+    #[error("content type {content_type:?} is not a media type: {reason}")]
+    InvalidContentType {
+        /// The offending value.
+        content_type: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A text attribute holds characters a CloudEvents `String` may not.
+    #[error("{field} is not a valid CloudEvents string: {reason}")]
+    InvalidAttribute {
+        /// Which attribute.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The `traceparent` is not a W3C trace-context header.
     #[error("traceparent {0:?} is not a valid W3C trace context")]
     InvalidTraceparent(String),
@@ -83,6 +113,23 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A database URL cannot be used; `url` has its password masked.
+    #[error("invalid database URL {url}: {reason}")]
+    InvalidDatabaseUrl {
+        /// The URL, password masked.
+        url: String,
+        /// What is wrong with it (never a value from the URL).
+        reason: String,
+    },
+    /// librdkafka refused a setting; its value is never shown (it may be a
+    /// secret, or a secret under a mistyped name).
+    #[error("invalid Kafka setting {key:?}: {reason}")]
+    KafkaConfig {
+        /// The setting's name.
+        key: String,
+        /// Why librdkafka refused it, with the value masked.
+        reason: String,
+    },
     /// A message with this id is already in the outbox.
     #[error("a message with id {0} is already in the outbox")]
     DuplicateId(Uuid),

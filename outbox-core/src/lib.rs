@@ -30,7 +30,9 @@
 //! # Ok(()) }
 //! ```
 
+mod cloudevents;
 mod config;
+mod database_url;
 mod enqueue;
 mod error;
 mod failpoint;
@@ -47,6 +49,7 @@ mod store;
 pub mod trace;
 
 pub use config::{Ident, OutboxConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_SLOTS};
+pub use database_url::{database_unencrypted, pg_connect_options};
 pub use enqueue::Outbox;
 pub use error::{Error, Result, ValidationError};
 pub use inbox::{

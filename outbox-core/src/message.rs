@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::cloudevents;
 use crate::error::{Result, ValidationError};
 
 /// Longest key accepted (Kafka has no hard limit; keys are aggregate ids).
@@ -15,7 +16,8 @@ pub const MAX_HEADER_NAME_BYTES: usize = 255;
 /// Longest header value accepted.
 pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 
-/// Header names this crate writes itself; applications may not set them.
+/// Header names this crate writes itself; applications may not set them, in
+/// any case, nor any other name starting with `ce_`.
 pub const RESERVED_HEADERS: &[&str] =
     &["ce_id", "ce_type", "ce_source", "ce_time", "ce_specversion", "content-type", "traceparent", "tracestate"];
 
@@ -153,13 +155,25 @@ impl Message {
         self.traceparent.as_deref()
     }
 
-    /// Checks everything that can be checked before writing.
+    /// Checks everything that can be checked before writing: Kafka's rules
+    /// for topics, and CloudEvents 1.0 with its Kafka binding for every
+    /// attribute the relay will emit (see the `cloudevents` rules in the
+    /// crate docs). `default_source` is the outbox's, used when the message
+    /// sets none.
+    ///
+    /// ```
+    /// use outbox_core::{Message, ValidationError};
+    /// let msg = Message::bytes("orders", "order.placed", vec![]);
+    /// assert_eq!(msg.validate(1024), Ok(()));
+    /// assert!(matches!(msg.clone().with_source("").validate(1024), Err(ValidationError::InvalidSource { .. })));
+    /// assert!(matches!(msg.with_header("Ce_Tenant", "acme").validate(1024), Err(ValidationError::InvalidHeaderName { .. })));
+    /// ```
     pub fn validate(&self, max_payload_bytes: usize) -> Result<(), ValidationError> {
         validate_topic(&self.topic)?;
         if self.event_type.trim().is_empty() {
             return Err(ValidationError::EmptyEventType);
         }
-        no_nul("event type", &self.event_type)?;
+        cloudevents::check_string("event type", &self.event_type)?;
         if self.payload.len() > max_payload_bytes {
             return Err(ValidationError::PayloadTooLarge { size: self.payload.len(), max: max_payload_bytes });
         }
@@ -167,31 +181,32 @@ impl Message {
             if key.len() > MAX_KEY_BYTES {
                 return Err(ValidationError::KeyTooLarge { size: key.len(), max: MAX_KEY_BYTES });
             }
-            no_nul("key", key)?;
+            // The binding maps the record key to the `partitionkey` String.
+            cloudevents::check_string("key", key)?;
         }
-        for (field, value) in
-            [("source", &self.source), ("content type", &self.content_type), ("tracestate", &self.tracestate)]
-        {
-            if let Some(v) = value {
-                no_nul(field, v)?;
-            }
+        if let Some(source) = &self.source {
+            cloudevents::check_source(source)?;
         }
+        if let Some(content_type) = &self.content_type {
+            cloudevents::check_media_type(content_type)?;
+        }
+        cloudevents::check_time(&self.time)?;
         if let Some(tp) = &self.traceparent {
             if !crate::trace::is_valid_traceparent(tp) {
                 return Err(ValidationError::InvalidTraceparent(tp.clone()));
             }
         }
+        if let Some(ts) = &self.tracestate {
+            if ts.len() > 512 || !ts.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(ValidationError::InvalidAttribute {
+                    field: "tracestate",
+                    reason: "must be at most 512 printable ASCII characters (W3C trace context)",
+                });
+            }
+        }
         for (name, value) in &self.headers {
             validate_header(name, value)?;
         }
-        Ok(())
-    }
-}
-
-fn no_nul(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    if value.contains('\0') {
-        Err(ValidationError::NulCharacter { field })
-    } else {
         Ok(())
     }
 }
@@ -225,8 +240,8 @@ fn validate_header(name: &str, value: &str) -> Result<(), ValidationError> {
     if name.chars().any(char::is_control) {
         return bad_name("contains control characters");
     }
-    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) || name.starts_with("ce_") {
-        return bad_name("reserved for CloudEvents/trace-context headers set by the outbox");
+    if cloudevents::is_reserved_header(name) {
+        return bad_name("reserved (in any case) for CloudEvents/trace-context headers set by the outbox");
     }
     if value.len() > MAX_HEADER_VALUE_BYTES {
         return Err(ValidationError::InvalidHeaderValue { name: name.to_owned(), reason: "longer than 16 KiB" });
@@ -259,6 +274,26 @@ mod tests {
         assert!(matches!(msg().with_header("a", "v\0").validate(10), Err(ValidationError::InvalidHeaderValue { .. })));
         assert!(matches!(msg().with_key("k\0").validate(10), Err(ValidationError::NulCharacter { field: "key" })));
         assert!(matches!(msg().with_traceparent("nope").validate(10), Err(ValidationError::InvalidTraceparent(_))));
+    }
+
+    #[test]
+    fn refuses_what_cloudevents_forbids() {
+        let far = chrono::NaiveDate::from_ymd_opt(12_000, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+        let refused = [
+            msg().with_source(""),
+            msg().with_source("with space"),
+            msg().with_time(far),
+            msg().with_header("CE_SUBJECT", "x"),
+            msg().with_header("Ce_Tenant", "acme"),
+            msg().with_header("Content-Type", "text/plain"),
+            msg().with_content_type("json"),
+            msg().with_key("line\nbreak"),
+            Message::bytes("t", "type\twith tab", vec![]),
+            msg().with_tracestate("vendor=\u{1}"),
+        ];
+        for m in refused {
+            assert!(m.validate(10).is_err(), "{m:?}");
+        }
     }
 
     #[test]

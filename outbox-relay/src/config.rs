@@ -171,8 +171,15 @@ pub struct RunArgs {
     /// Extra librdkafka setting as key=value (repeatable; TLS, SASL, tuning).
     /// In the environment: comma-separated list. Values are never logged.
     /// enable.idempotence, acks and message.timeout.ms cannot be weakened.
-    #[arg(short = 'X', long = "kafka-config", env = "OUTBOX_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value, hide_env_values = true)]
-    pub kafka_config: Vec<KafkaSetting>,
+    /// Put secrets (and values holding commas) in --kafka-config-file.
+    #[arg(
+        short = 'X',
+        long = "kafka-config",
+        env = "OUTBOX_KAFKA_CONFIG",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_config: Vec<RawSetting>,
 
     /// File of librdkafka settings, one key=value per line (# comments), read
     /// before -X (a mounted secret holding SASL or TLS key passwords).
@@ -240,6 +247,12 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_RETENTION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
+    /// While Kafka is unreachable, how often the log is reminded (with the
+    /// pending count and the oldest event's age); losing and regaining the
+    /// broker are logged once each.
+    #[arg(long, env = "OUTBOX_OUTAGE_REPORT_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
+    pub outage_report_interval: Duration,
+
     /// How often retained events past --retention are deleted (in batches).
     #[arg(long, env = "OUTBOX_PURGE_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
     pub purge_interval: Duration,
@@ -292,6 +305,7 @@ impl RunArgs {
             name: self.name.clone().unwrap_or_else(|| RelayConfig::default().name),
             retention: self.retention,
             purge_interval: self.purge_interval,
+            outage_report_interval: self.outage_report_interval,
             poison_policy: match self.on_poison {
                 Poison::Quarantine => PoisonPolicy::QuarantineKey,
                 Poison::Continue => PoisonPolicy::DeadLetterAndContinue,
@@ -308,7 +322,11 @@ impl RunArgs {
             Some(path) => read_settings(path)?,
             None => Vec::new(),
         };
-        settings.extend(self.kafka_config.iter().cloned());
+        for (i, raw) in self.kafka_config.iter().enumerate() {
+            let setting = parse_key_value(&raw.0)
+                .map_err(|e| format!("-X/--kafka-config/OUTBOX_KAFKA_CONFIG setting {}: {e}", i + 1))?;
+            settings.push(setting);
+        }
         Ok(settings
             .iter()
             .fold(KafkaPublisherConfig::new(&self.kafka_brokers), |c, s| c.with_setting(&s.key, &s.value))
@@ -330,6 +348,27 @@ impl std::str::FromStr for DatabaseUrl {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+/// A `-X` argument as given, checked after parsing (a parser error would be
+/// printed by clap with the value in it); `Debug` shows no secret value.
+#[derive(Clone)]
+pub struct RawSetting(String);
+
+impl std::str::FromStr for RawSetting {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(RawSetting(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for RawSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match parse_key_value(&self.0) {
+            Ok(setting) => setting.fmt(f),
+            Err(_) => f.write_str("<malformed setting, not shown>"),
+        }
     }
 }
 
@@ -361,15 +400,6 @@ fn is_loopback(host: &str) -> bool {
     host.is_empty() || host.starts_with('/') || host == "localhost" || host.starts_with("127.") || host == "::1"
 }
 
-/// Whether a PostgreSQL URL reaches another machine without requiring TLS.
-pub fn database_unencrypted(url: &str) -> bool {
-    let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let required = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| url.contains(m));
-    !is_loopback(host) && !required
-}
-
 /// Whether any broker is another machine and `security.protocol` is not TLS.
 pub fn kafka_unencrypted(brokers: &str, protocol: Option<&str>) -> bool {
     let tls = protocol.is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"));
@@ -391,10 +421,13 @@ fn read_settings(path: &std::path::Path) -> Result<Vec<KafkaSetting>, String> {
         .collect()
 }
 
+/// One `key=value` setting. The error never echoes the input: a setting
+/// without `=` is as likely a secret pasted in the wrong place.
 fn parse_key_value(s: &str) -> Result<KafkaSetting, String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok(KafkaSetting { key: k.trim().to_owned(), value: v.to_owned() }),
-        _ => Err(format!("expected key=value, got {:?}", s.split_once('=').map_or(s, |(k, _)| k))),
+        Some(_) => Err("expected key=value, the key is empty".into()),
+        None => Err("expected key=value, found no '=' (the value is not shown)".into()),
     }
 }
 
@@ -472,13 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn unencrypted_remote_connections_are_recognised() {
-        assert!(database_unencrypted("postgres://app:pw@db.internal:5432/orders"));
-        assert!(database_unencrypted("postgres://app@10.0.0.5/orders?sslmode=prefer"));
-        assert!(!database_unencrypted("postgres://app@db.internal/orders?sslmode=verify-full"));
-        assert!(!database_unencrypted("postgres://postgres@127.0.0.1:5432/orders"));
-        assert!(!database_unencrypted("postgres://postgres@localhost/orders"));
-        assert!(!database_unencrypted("postgres://postgres@[::1]:5432/orders"));
+    fn unencrypted_remote_brokers_are_recognised() {
         assert!(kafka_unencrypted("kafka-1:9092,127.0.0.1:9092", None));
         assert!(kafka_unencrypted("kafka-1:9092", Some("SASL_PLAINTEXT")));
         assert!(!kafka_unencrypted("kafka-1:9092", Some("SASL_SSL")));
@@ -488,7 +515,7 @@ mod tests {
     #[test]
     fn key_values_parse() {
         assert_eq!(parse_key_value("a.b=c=d"), Ok(KafkaSetting { key: "a.b".into(), value: "c=d".into() }));
-        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("novalue").is_err_and(|e| !e.contains("novalue")));
         assert!(parse_key_value("=v").is_err());
     }
 }

@@ -53,6 +53,15 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!("outbox_delivery_failures_total", "Failed delivery attempts (retried or dead-lettered)");
     metrics::describe_counter!("outbox_dead_lettered_total", "Events moved to the dead-letter table");
     metrics::describe_gauge!("outbox_pending_events", "Events waiting in the outbox");
+    metrics::describe_gauge!(
+        "outbox_kafka_up",
+        "1 while the Kafka broker answers, 0 while every broker is unreachable"
+    );
+    metrics::describe_counter!("outbox_kafka_client_errors_total", "Errors librdkafka reported, by kind");
+    metrics::describe_counter!(
+        "outbox_log_lines_dropped_total",
+        "Log lines dropped because stderr was not read fast enough (logging never blocks the relay)"
+    );
     metrics::describe_gauge!("outbox_oldest_pending_age_seconds", "Age of the oldest pending event");
     metrics::describe_gauge!("outbox_dead_letter_events", "Events in the dead-letter table");
     metrics::describe_histogram!("outbox_batch_publish_duration_seconds", "Produce-to-confirmation time of a batch");

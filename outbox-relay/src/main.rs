@@ -6,6 +6,7 @@
 mod admin;
 mod config;
 mod http;
+mod logging;
 mod sagas;
 
 use std::process::ExitCode;
@@ -18,24 +19,41 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    database_unencrypted, kafka_unencrypted, redact_url, Cli, Command, DbArgs, LogFormat, RunArgs, Wakeup,
-};
+use crate::config::{kafka_unencrypted, redact_url, Cli, Command, DbArgs, RunArgs, Wakeup};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap echoes a rejected argument: a URL typed where a
+            // subcommand was expected would show its password.
+            let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+            let text = outbox_core::secrets::redact_args_in(&e.render().to_string(), &args);
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let logging = logging::Logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            logging.write_line(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    runtime.spawn(logging::export_dropped(logging.dropped()));
+    let result = runtime.block_on(run(cli));
+    // Tasks still running (the HTTP server's, librdkafka's callbacks) log
+    // nothing more once the runtime is gone.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging.write_line(&format!("error: {}", outbox_core::secrets::redact_urls_in(&format!("{e:#}"))));
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -112,8 +130,9 @@ async fn connect(db: &DbArgs) -> anyhow::Result<PgPool> {
 }
 
 async fn connect_to(db: &DbArgs, url: &str) -> anyhow::Result<PgPool> {
-    let options: sqlx::postgres::PgConnectOptions =
-        url.parse().map_err(|e| config_error(format!("invalid database URL {}: {e}", redact_url(url))))?;
+    let options = outbox_core::pg_connect_options(url).map_err(config_error)?;
+    let context = || format!("cannot connect to PostgreSQL at {}", redact_url(url));
+    first_connection(&options, db.db_connect_timeout).await.with_context(context)?;
     // A pool of its own: sessions start with the queue's planner settings,
     // and a broken connection shows on use (and is retried), so no ping
     // before each statement.
@@ -123,7 +142,28 @@ async fn connect_to(db: &DbArgs, url: &str) -> anyhow::Result<PgPool> {
         .test_before_acquire(false)
         .connect_with(outbox_core::queue_session_options(options))
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))
+        .with_context(context)
+}
+
+/// One connection, retried while the server is not (yet) reachable, for
+/// at most `timeout`: fails with the server's own reason (refused, unknown
+/// database, authentication) where a pool would only say it timed out.
+async fn first_connection(
+    options: &sqlx::postgres::PgConnectOptions,
+    timeout: std::time::Duration,
+) -> sqlx::Result<()> {
+    use sqlx::Connection;
+    let start = std::time::Instant::now();
+    loop {
+        match sqlx::PgConnection::connect_with(options).await {
+            Ok(connection) => return connection.close().await,
+            Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_))) if start.elapsed() < timeout => {
+                tracing::debug!(error = %e, "database not reachable yet");
+                tokio::time::sleep(std::time::Duration::from_millis(250).min(timeout)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Result<()> {
@@ -132,7 +172,8 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
     // Secrets files are read once, here.
     let kafka = args.kafka_config().map_err(config_error)?;
     let url = db.url().map_err(config_error)?;
-    warn_if_unencrypted(&url, &kafka);
+    let options = outbox_core::pg_connect_options(&url).map_err(config_error)?;
+    warn_if_unencrypted(&url, &options, &kafka);
     let publisher = KafkaPublisher::new(kafka).map_err(config_error)?;
     let pool = connect_to(db, &url).await?;
     if args.migrate {
@@ -179,8 +220,8 @@ async fn relay(db: &DbArgs, outbox: OutboxConfig, args: RunArgs) -> anyhow::Resu
 
 /// Warns when the relay talks to a non-loopback database or broker without
 /// TLS (credentials and events would cross the network in the clear).
-fn warn_if_unencrypted(database_url: &str, kafka: &KafkaPublisherConfig) {
-    if database_unencrypted(database_url) {
+fn warn_if_unencrypted(database_url: &str, options: &sqlx::postgres::PgConnectOptions, kafka: &KafkaPublisherConfig) {
+    if outbox_core::database_unencrypted(options) {
         tracing::warn!(database = %redact_url(database_url), "database connection may be unencrypted: set sslmode=verify-full");
     }
     if kafka_unencrypted(kafka.brokers(), kafka.setting("security.protocol")) {
@@ -217,14 +258,4 @@ async fn signal_watch(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: finishing in-flight batch"),
     }
     shutdown.cancel();
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -90,7 +90,8 @@ pub(crate) fn writer_process(args: &[String]) -> ExitCode {
     runtime.block_on(async {
         let pool = PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
         let killer = PgPoolOptions::new().max_connections(1).connect(url).await.unwrap();
-        let outbox = Outbox::new(outbox::OutboxConfig::default().with_schema(schema).unwrap().with_source("/chaos"));
+        let outbox =
+            Outbox::new(outbox::OutboxConfig::default().with_schema(schema).unwrap().with_source("/chaos").unwrap());
         let wr = WorldRef { schema: schema.clone(), topic: topic.clone() };
         let mut rng = StdRng::seed_from_u64(seed);
         let mut out = std::io::stdout().lock();

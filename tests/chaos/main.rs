@@ -66,40 +66,99 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("poison-events", false, |s| Box::pin(poison_events(s))),
 ];
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--writer") {
-        return writer_process(&args[1..]);
+/// The fault-injection suite: real relays, consumers, PostgreSQL and a
+/// broker, one fault per scenario, then a check of the topic against what
+/// committed.
+#[derive(Debug, clap::Parser)]
+#[command(name = "chaos")]
+struct Args {
+    /// Run every scenario (default: the quick subset).
+    #[arg(long)]
+    all: bool,
+    /// Run only this scenario (repeatable).
+    #[arg(long, value_name = "SCENARIO", value_parser = scenario_name)]
+    only: Vec<String>,
+    /// Seed of the scenarios' random choices (default: a fresh one each).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// List the quick subset as tests (with --ignored: the others), as a
+    /// test runner asks.
+    #[arg(long)]
+    list: bool,
+    /// With --list: the scenarios outside the quick subset.
+    #[arg(long)]
+    ignored: bool,
+    /// Filters match whole scenario names (as cargo-nextest asks for one).
+    #[arg(long)]
+    exact: bool,
+    /// Scenarios whose name contains one of these (libtest's filters).
+    filters: Vec<String>,
+    /// Accepted from test runners and ignored: scenarios run one at a time.
+    #[arg(long, hide = true)]
+    test_threads: Option<usize>,
+    /// Accepted from test runners and ignored.
+    #[arg(long, hide = true)]
+    format: Option<String>,
+    /// Accepted from test runners and ignored: output is never captured.
+    #[arg(long, hide = true)]
+    nocapture: bool,
+    /// Accepted from test runners and ignored.
+    #[arg(long, hide = true)]
+    color: Option<String>,
+    /// Accepted from test runners and ignored.
+    #[arg(short, long, hide = true)]
+    quiet: bool,
+}
+
+fn scenario_name(name: &str) -> Result<String, String> {
+    if SCENARIOS.iter().any(|(n, _, _)| *n == name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "no scenario {name:?}; scenarios: {}",
+            SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+        ))
     }
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let all = args.iter().any(|a| a == "--all");
-    // `--exact` is how cargo-nextest asks for one test by name.
-    let only: Vec<&String> = args
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i > 0 && (args[i - 1] == "--only" || args[i - 1] == "--exact"))
-        .map(|(_, a)| a)
-        .collect();
-    let seed: Option<u64> = value("--seed").map(|s| s.parse().expect("--seed takes a number"));
-    if args.iter().any(|a| a == "--list") {
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).is_some_and(|a| a == "--writer") {
+        return writer_process(&raw[2..]);
+    }
+    let args = <Args as clap::Parser>::parse();
+    if args.list {
         // Test runners' listing: the quick subset as tests, the rest as ignored.
-        let ignored = args.iter().any(|a| a == "--ignored");
         for (name, quick, _) in SCENARIOS {
-            if *quick != ignored {
+            if *quick != args.ignored {
                 println!("{name}: test");
             }
         }
         return ExitCode::SUCCESS;
     }
+    let filtered =
+        |name: &str| args.filters.iter().any(|f| if args.exact { f == name } else { name.contains(f.as_str()) });
     let chosen: Vec<&(&str, bool, Scenario)> = SCENARIOS
         .iter()
-        .filter(|(name, quick, _)| if only.is_empty() { all || *quick } else { only.iter().any(|o| o == name) })
+        .filter(|(name, quick, _)| {
+            if !args.only.is_empty() {
+                args.only.iter().any(|o| o == name)
+            } else if !args.filters.is_empty() {
+                filtered(name)
+            } else {
+                args.all || *quick
+            }
+        })
         .collect();
-    assert!(
-        !chosen.is_empty(),
-        "no scenario matches {only:?}; names: {:?}",
-        SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>()
-    );
+    if chosen.is_empty() {
+        eprintln!(
+            "error: no scenario matches {:?}; scenarios: {}",
+            args.filters,
+            SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let seed = args.seed;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let mut outcomes = Vec::new();
     for (name, _, run) in chosen {

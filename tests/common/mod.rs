@@ -112,7 +112,7 @@ impl World {
     pub async fn with_topic(url: &str, brokers: String, topic: String) -> World {
         let pool = pool_at(url).await;
         let schema = unique("t");
-        let config = OutboxConfig::default().with_schema(&schema).unwrap().with_source("/tests");
+        let config = OutboxConfig::default().with_schema(&schema).unwrap().with_source("/tests").unwrap();
         let outbox = Outbox::new(config.clone());
         outbox.migrate(&pool).await.unwrap();
         World { url: url.to_owned(), pool, schema, config, outbox, topic, brokers }

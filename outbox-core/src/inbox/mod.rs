@@ -202,7 +202,7 @@ impl<H: Handler> InboxConsumer<H> {
         // The guarantee rests on these: never store an offset before the
         // inbox transaction committed.
         client.set("enable.auto.offset.store", "false").set("enable.auto.commit", "true");
-        let consumer: StreamConsumer = client.create().map_err(crate::secrets::scrub_kafka_error)?;
+        let consumer: StreamConsumer = client.create().map_err(crate::secrets::kafka_config_error)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(InboxConsumer {

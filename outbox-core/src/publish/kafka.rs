@@ -21,6 +21,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::link::LinkContext;
 use super::{Delivery, Publisher, Sending};
 use crate::error::{Error, Result};
 use crate::store::OutboxEvent;
@@ -185,8 +186,9 @@ impl KafkaPublisherConfig {
 pub struct KafkaPublisher {
     config: KafkaPublisherConfig,
     client_config: ClientConfig,
-    producer: RwLock<FutureProducer>,
-    admin: AdminClient<DefaultClientContext>,
+    producer: RwLock<FutureProducer<LinkContext>>,
+    admin: AdminClient<LinkContext>,
+    context: LinkContext,
     known_topics: Mutex<HashSet<String>>,
 }
 
@@ -200,7 +202,9 @@ impl KafkaPublisher {
     /// Builds the producer (no connection is made until first use).
     pub fn new(config: KafkaPublisherConfig) -> Result<Self> {
         let client_config = config.client_config()?;
-        let producer: FutureProducer = client_config.create().map_err(crate::secrets::scrub_kafka_error)?;
+        let context = LinkContext::default();
+        let producer: FutureProducer<LinkContext> =
+            client_config.create_with_context(context.clone()).map_err(crate::secrets::kafka_config_error)?;
         let mut admin_config = ClientConfig::new();
         for (k, v) in client_config.config_map() {
             if !matches!(
@@ -215,18 +219,19 @@ impl KafkaPublisher {
                 admin_config.set(k, v);
             }
         }
-        let admin: AdminClient<DefaultClientContext> =
-            admin_config.create().map_err(crate::secrets::scrub_kafka_error)?;
+        let admin: AdminClient<LinkContext> =
+            admin_config.create_with_context(context.clone()).map_err(crate::secrets::kafka_config_error)?;
         Ok(KafkaPublisher {
             config,
             client_config,
             producer: RwLock::new(producer),
             admin,
+            context,
             known_topics: Mutex::new(HashSet::new()),
         })
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> FutureProducer<LinkContext> {
         self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -235,7 +240,7 @@ impl KafkaPublisher {
         let producer = self.producer();
         if let Some((code, reason)) = producer.client().fatal_error() {
             tracing::error!(?code, %reason, "fatal producer error: creating a new producer");
-            match self.client_config.create::<FutureProducer>() {
+            match self.client_config.create_with_context::<_, FutureProducer<LinkContext>>(self.context.clone()) {
                 Ok(fresh) => *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh,
                 Err(e) => tracing::error!(error = %e, "could not create a new producer"),
             }
@@ -281,6 +286,7 @@ impl KafkaPublisher {
         let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), timeout))
             .await
             .map_err(|_| KafkaError::Canceled)??;
+        self.context.link.reached();
         Ok(metadata.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()))
     }
 
@@ -418,6 +424,7 @@ impl Publisher for KafkaPublisher {
                 known[i] = Some(failure);
             }
         }
+        let link = std::sync::Arc::clone(&self.context.link);
         Sending::new(known, async move {
             // Awaited one after another, each answer reduced to its outcome at
             // once: every event is already on its way, so this waits no longer
@@ -427,7 +434,10 @@ impl Publisher for KafkaPublisher {
             let mut confirmations = Vec::with_capacity(pending.len());
             for (i, future) in pending {
                 let delivery = match future.await {
-                    Ok(Ok(_)) => Delivery::Delivered,
+                    Ok(Ok(_)) => {
+                        link.reached();
+                        Delivery::Delivered
+                    }
                     Ok(Err((e, _))) => classify(&e),
                     Err(_) => Delivery::Retry("producer was closed before confirming".into()),
                 };
@@ -443,6 +453,11 @@ impl Publisher for KafkaPublisher {
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
             .await
             .map_err(|_| Error::Kafka(KafkaError::Canceled))??;
+        self.context.link.reached();
         Ok(())
+    }
+
+    fn unreachable_for(&self) -> Option<Duration> {
+        self.context.link.unreachable_for()
     }
 }

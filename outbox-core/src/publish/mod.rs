@@ -2,6 +2,7 @@
 //! implementation.
 
 mod kafka;
+mod link;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -101,4 +102,11 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Checks that the broker answers.
     async fn ping(&self) -> Result<()>;
+
+    /// How long the broker has been unreachable, if the client knows it is
+    /// (`None`: reachable, or unknown). The relay reminds the log of an
+    /// outage with this.
+    fn unreachable_for(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -53,6 +53,10 @@ pub struct RelayConfig {
     pub retention: Duration,
     /// How often retained events past the retention period are purged.
     pub purge_interval: Duration,
+    /// While the broker is unreachable, how often the log is reminded of it
+    /// (with the pending count and the oldest event's age). Losing and
+    /// regaining the broker are logged once each, when they happen.
+    pub outage_report_interval: Duration,
 }
 
 /// What to do with a key after one of its events failed permanently.
@@ -84,6 +88,7 @@ impl Default for RelayConfig {
             poison_policy: PoisonPolicy::QuarantineKey,
             retention: Duration::ZERO,
             purge_interval: Duration::from_secs(10),
+            outage_report_interval: Duration::from_secs(30),
         }
     }
 }
@@ -109,6 +114,9 @@ impl RelayConfig {
         }
         if self.rebalance_interval.is_zero() {
             return bad("rebalance interval must be above zero");
+        }
+        if self.outage_report_interval.is_zero() {
+            return bad("outage report interval must be above zero");
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! several batches in flight at once.
 
 mod config;
+mod outage;
 mod pipeline;
 
 use std::collections::HashSet;
@@ -99,6 +100,12 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         let heartbeat =
             tokio::spawn(heartbeat_loop(Arc::clone(&self.store), self.id, self.config.clone(), heartbeats.clone()));
+        let outages = tokio::spawn(outage::watch(
+            Arc::clone(&self.store),
+            Arc::clone(&self.publisher),
+            self.config.outage_report_interval,
+            heartbeats.clone(),
+        ));
         tracing::info!(relay = %self.id, name = %self.config.name, "relay joined");
         let mut pipeline = Pipeline::default();
         let mut claims = ClaimSchedule::default();
@@ -163,6 +170,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         self.shut_down(&mut pipeline).await;
         heartbeats.cancel();
         let _ = heartbeat.await;
+        let _ = outages.await;
         match self.store.leave(self.id).await {
             Ok(()) => tracing::info!("relay stopped; slots released"),
             Err(e) => tracing::warn!(error = %e, "relay stopped; could not release slots (they expire)"),
