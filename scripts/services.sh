@@ -171,6 +171,26 @@ services_stop() {
   fi
 }
 
+# The official CloudEvents SDK for Python in a virtual environment outside
+# the clone (installed once), for the conformance test: exports
+# OUTBOX_CLOUDEVENTS_PYTHON unless it is set already.
+CLOUDEVENTS_SDK_VERSION=2.2.0
+ensure_cloudevents_sdk() {
+  [[ -n "${OUTBOX_CLOUDEVENTS_PYTHON:-}" ]] && return 0
+  local venv="$OUTBOX_STATE_DIR/venv-cloudevents-$CLOUDEVENTS_SDK_VERSION"
+  if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import cloudevents.core.bindings.kafka' 2>/dev/null; then
+    log "installing the CloudEvents SDK for Python $CLOUDEVENTS_SDK_VERSION (pip, once) into $venv"
+    command -v python3 >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv" || return 1
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check "cloudevents==$CLOUDEVENTS_SDK_VERSION" || return 1
+  fi
+  export OUTBOX_CLOUDEVENTS_PYTHON="$venv/bin/python"
+}
+
 # psql, installed when missing.
 ensure_psql() {
   command -v psql >/dev/null 2>&1 && return 0

@@ -89,7 +89,16 @@ async fn handler_sees_cloudevents_and_failures_are_dead_lettered() {
     let producer: FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", &world.brokers).create().unwrap();
     producer
-        .send(FutureRecord::<str, str>::to(&world.topic).payload("raw"), Duration::from_secs(10))
+        .send(
+            FutureRecord::<str, str>::to(&world.topic)
+                .payload("raw")
+                // Not published by the relay: the CloudEvents check skips it.
+                .headers(
+                    rdkafka::message::OwnedHeaders::new()
+                        .insert(rdkafka::message::Header { key: "x-outbox-test", value: Some("raw") }),
+                ),
+            Duration::from_secs(10),
+        )
         .await
         .map_err(|(e, _)| e)
         .unwrap();

@@ -28,7 +28,7 @@ impl Env {
     pub async fn connect(database_url: String, brokers: String, relay_args: Vec<String>) -> anyhow::Result<Env> {
         let pool = PgPoolOptions::new()
             .max_connections(40)
-            .connect(&database_url)
+            .connect_with(outbox_core::pg_connect_options(&database_url)?)
             .await
             .context("connect to PostgreSQL (DATABASE_URL)")?;
         Ok(Env { database_url, brokers, pool, relay_args })

@@ -86,7 +86,17 @@ struct Sizes {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        // clap echoes a rejected argument: mask a URL's password in it.
+        let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+        let text = outbox_core::secrets::redact_args_in(&e.render().to_string(), &args);
+        if e.use_stderr() {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+        std::process::exit(e.exit_code())
+    });
     let sizes = match args.mode {
         Mode::Quick => Sizes {
             backlog: 50_000,

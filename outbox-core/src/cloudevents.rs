@@ -11,7 +11,8 @@
 //!   Unicode noncharacters (U+FDD0–U+FDEF, U+xFFFE, U+xFFFF).
 //! * `URI-reference` (`source`): non-empty, RFC 3986 (a space or a raw
 //!   non-ASCII character is not allowed; percent-encode them).
-//! * `Timestamp` (`time`): RFC 3339, whose years have four digits (0000–9999).
+//! * `Timestamp` (`time`): RFC 3339, whose years have four digits; year 0000
+//!   is refused too, as consumers' date types (Python's, .NET's) start at 1.
 //! * `datacontenttype`: an RFC 2046 media type, `type/subtype` with optional
 //!   `; name=value` parameters.
 //! * Headers whose lower-cased name starts with `ce_` are CloudEvents
@@ -67,9 +68,10 @@ pub(crate) fn check_source(source: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// The `time` attribute: representable in RFC 3339 (a four-digit year).
+/// The `time` attribute: representable in RFC 3339 (a four-digit year) and
+/// by consumers' date types (years 1–9999).
 pub(crate) fn check_time(time: &DateTime<Utc>) -> Result<(), ValidationError> {
-    if (0..=9999).contains(&time.year()) {
+    if (1..=9999).contains(&time.year()) {
         Ok(())
     } else {
         Err(ValidationError::InvalidTime { time: time.to_string() })
@@ -131,7 +133,8 @@ mod tests {
     fn times_must_have_four_digit_years() {
         let at = |y| chrono::NaiveDate::from_ymd_opt(y, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
         assert_eq!(check_time(&at(9999)), Ok(()));
-        assert_eq!(check_time(&at(0)), Ok(()));
+        assert_eq!(check_time(&at(1)), Ok(()));
+        assert!(check_time(&at(0)).is_err());
         assert!(check_time(&at(10_000)).is_err());
         assert!(check_time(&at(-1)).is_err());
     }

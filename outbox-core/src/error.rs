@@ -68,8 +68,9 @@ pub enum ValidationError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The CloudEvents `time` cannot be written in RFC 3339 (a year outside 0000–9999).
-    #[error("time {time} cannot be written as an RFC 3339 timestamp (years 0000-9999)")]
+    /// The CloudEvents `time` is outside the years 1–9999 (RFC 3339 has four
+    /// digits; consumers' date types start at year 1).
+    #[error("time {time} cannot be written as an RFC 3339 timestamp that consumers read (years 0001-9999)")]
     InvalidTime {
         /// The offending time.
         time: String,

@@ -21,6 +21,11 @@ pub struct Cli {
     #[arg(long, env = "OUTBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Log lines held for a slow stderr before new ones are dropped (and
+    /// counted in outbox_log_lines_dropped_total): logging never blocks.
+    #[arg(long, env = "OUTBOX_LOG_BUFFER_LINES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000), global = true)]
+    pub log_buffer_lines: u32,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -169,16 +174,12 @@ pub struct RunArgs {
     pub kafka_brokers: String,
 
     /// Extra librdkafka setting as key=value (repeatable; TLS, SASL, tuning).
-    /// In the environment: comma-separated list. Values are never logged.
+    /// Values are never logged.
     /// enable.idempotence, acks and message.timeout.ms cannot be weakened.
-    /// Put secrets (and values holding commas) in --kafka-config-file.
-    #[arg(
-        short = 'X',
-        long = "kafka-config",
-        env = "OUTBOX_KAFKA_CONFIG",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// Several may share one argument, comma-separated; a comma not followed
+    /// by `name=` belongs to the value (`debug=broker,topic`). Put secrets in
+    /// --kafka-config-file.
+    #[arg(short = 'X', long = "kafka-config", env = "OUTBOX_KAFKA_CONFIG", hide_env_values = true)]
     pub kafka_config: Vec<RawSetting>,
 
     /// File of librdkafka settings, one key=value per line (# comments), read
@@ -322,8 +323,8 @@ impl RunArgs {
             Some(path) => read_settings(path)?,
             None => Vec::new(),
         };
-        for (i, raw) in self.kafka_config.iter().enumerate() {
-            let setting = parse_key_value(&raw.0)
+        for (i, part) in self.kafka_config.iter().flat_map(|raw| split_settings(&raw.0)).enumerate() {
+            let setting = parse_key_value(part)
                 .map_err(|e| format!("-X/--kafka-config/OUTBOX_KAFKA_CONFIG setting {}: {e}", i + 1))?;
             settings.push(setting);
         }
@@ -421,6 +422,27 @@ fn read_settings(path: &std::path::Path) -> Result<Vec<KafkaSetting>, String> {
         .collect()
 }
 
+/// The settings in one `-X` argument: split at each comma that starts
+/// another `name=` (a name being letters, digits, `.`, `_` and `-`), so that
+/// lists inside a value (`debug=broker,topic`, `bootstrap.servers=a:9092,b:9092`)
+/// stay whole.
+fn split_settings(raw: &str) -> impl Iterator<Item = &str> {
+    let mut starts = vec![0];
+    for (i, _) in raw.match_indices(',') {
+        let rest = &raw[i + 1..];
+        let name = rest.split(['=', ',']).next().unwrap_or_default();
+        let starts_setting = rest.len() > name.len()
+            && rest.as_bytes()[name.len()] == b'='
+            && !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if starts_setting {
+            starts.push(i + 1);
+        }
+    }
+    let ends: Vec<usize> = starts.iter().skip(1).map(|s| s - 1).chain([raw.len()]).collect();
+    starts.into_iter().zip(ends).map(move |(s, e)| &raw[s..e])
+}
+
 /// One `key=value` setting. The error never echoes the input: a setting
 /// without `=` is as likely a secret pasted in the wrong place.
 fn parse_key_value(s: &str) -> Result<KafkaSetting, String> {
@@ -510,6 +532,16 @@ mod tests {
         assert!(kafka_unencrypted("kafka-1:9092", Some("SASL_PLAINTEXT")));
         assert!(!kafka_unencrypted("kafka-1:9092", Some("SASL_SSL")));
         assert!(!kafka_unencrypted("127.0.0.1:9092,localhost:9093,[::1]:9094", None));
+    }
+
+    #[test]
+    fn settings_split_at_commas_that_start_a_setting() {
+        let split = |s| split_settings(s).collect::<Vec<_>>();
+        assert_eq!(split("linger.ms=1,sasl.username=relay"), ["linger.ms=1", "sasl.username=relay"]);
+        assert_eq!(split("debug=broker,topic,msg"), ["debug=broker,topic,msg"]);
+        assert_eq!(split("a=x:1,y:2,b.c=3"), ["a=x:1,y:2", "b.c=3"]);
+        assert_eq!(split("novalue"), ["novalue"]);
+        assert_eq!(split("a=1,,b=2"), ["a=1,", "b=2"]);
     }
 
     #[test]

@@ -12,9 +12,6 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Lines held for a slow stderr before new ones are dropped (a few MiB).
-const BUFFERED_LINES: usize = 10_000;
-
 /// The installed logger; dropping it flushes what is queued (for at most
 /// about a second).
 pub struct Logging {
@@ -23,12 +20,15 @@ pub struct Logging {
 }
 
 impl Logging {
-    /// Installs the global subscriber: `RUST_LOG` filter (default `info`).
-    pub fn init(format: LogFormat) -> Logging {
+    /// Installs the global subscriber: `RUST_LOG` filter (default `info`),
+    /// at most `buffered_lines` waiting for stderr.
+    pub fn init(format: LogFormat, buffered_lines: usize) -> Logging {
         let (writer, guard) =
-            NonBlockingBuilder::default().lossy(true).buffered_lines_limit(BUFFERED_LINES).finish(std::io::stderr());
+            NonBlockingBuilder::default().lossy(true).buffered_lines_limit(buffered_lines).finish(std::io::stderr());
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone());
+        // Colours only for a person at a terminal, not in files or pipes.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer.clone());
         match format {
             LogFormat::Json => builder.json().init(),
             LogFormat::Text => builder.init(),

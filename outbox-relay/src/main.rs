@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let logging = logging::Logging::init(cli.log_format);
+    let logging = logging::Logging::init(cli.log_format, cli.log_buffer_lines as usize);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -166,12 +166,12 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().unwrap();
     let target = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/debug
-    let path = if name == "outbox-relay" { target.join(name) } else { target.join("examples").join(name) };
+    let path = if name.starts_with("outbox-") { target.join(name) } else { target.join("examples").join(name) };
     if !path.exists() {
         BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "outbox-relay", "-p", "outbox", "--bins", "--examples"])
+                .args(["build", "-p", "outbox-relay", "-p", "outbox-bench", "-p", "outbox", "--bins", "--examples"])
                 .status()
                 .unwrap();
             assert!(status.success(), "building the relay and examples failed");

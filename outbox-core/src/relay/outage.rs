@@ -25,12 +25,19 @@ pub(super) async fn watch<S: OutboxStore, P: Publisher>(
 ) {
     let mut reminded_at = Duration::ZERO;
     let mut probed_at = Duration::ZERO;
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
-            _ = shutdown.cancelled() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
-        let Some(down_for) = publisher.unreachable_for() else {
+        let down = publisher.unreachable_for();
+        // Kept current here too: a metrics recorder installed after the
+        // publisher was created missed its first state.
+        metrics::gauge!("outbox_kafka_up").set(if down.is_some() { 0.0 } else { 1.0 });
+        let Some(down_for) = down else {
             (reminded_at, probed_at) = (Duration::ZERO, Duration::ZERO);
             continue;
         };
