@@ -64,7 +64,8 @@ def main():
         except Exception as e:  # the SDK raises several kinds
             errors = [f"{type(e).__name__}: {e}"]
         if errors:
-            rejected.append(dict(where, error="; ".join(errors)))
+            names = [name for name, _ in record["headers"]]
+            rejected.append(dict(where, error="; ".join(errors), headers=names))
     json.dump({"checked": checked, "rejected": rejected}, sys.stdout)
 
 
