@@ -30,6 +30,16 @@ async fn a_stderr_nobody_reads_does_not_stop_the_relay() {
         .unwrap();
     // Held open and never read.
     let _stderr = child.stderr.take().unwrap();
+    // Killed if the test fails before its SIGTERM.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = KillOnDrop(child);
+    let child = &mut guard.0;
 
     for round in 0..10 {
         let events: Vec<Message> = (0..100)
