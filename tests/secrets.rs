@@ -2,8 +2,8 @@
 //! value holds, and whichever error path it takes (URL parsing, connection
 //! refused, wrong database, an unknown URL parameter, a URL typed where a
 //! subcommand belongs, librdkafka refusing a setting or its name, the
-//! environment and file variants), none of it reaches the relay's or an
-//! example's stderr or stdout. Property-tested over passwords drawn from
+//! environment and file variants), none of it reaches the stderr or stdout
+//! of the relay, the benchmark or an example. Property-tested over passwords drawn from
 //! every printable character, `/ @ : ? # %` and spaces and non-ASCII
 //! included (docs/guarantees.md, "Secrets").
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -121,6 +121,7 @@ fn database_paths(secret: &str) -> Vec<(String, Command)> {
     ));
     paths.push(("order_service, wrong database".into(), example("order_service", &raw_wrong_db)));
     paths.push(("consumer_service, wrong database".into(), example("consumer_service", &raw_wrong_db)));
+    paths.push(("outbox-bench, wrong database".into(), example("outbox-bench", &raw_wrong_db)));
     let mut positional = example("order_service", &raw_wrong_db);
     positional.arg(&raw_closed);
     paths.push(("order_service, URL as an argument".into(), positional));
@@ -199,6 +200,7 @@ fn every_path_fails_for_its_own_reason() {
         ("DATABASE_URL_FILE", "cannot connect"),
         ("order_service, wrong database", "no_such_database_for_secrets|authentication failed"),
         ("consumer_service, wrong database", "no_such_database_for_secrets|authentication failed"),
+        ("outbox-bench, wrong database", "no_such_database_for_secrets|authentication failed"),
         ("order_service, URL as an argument", "unexpected argument"),
     ];
     let paths = database_paths(secret);

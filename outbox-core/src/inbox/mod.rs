@@ -23,6 +23,8 @@ use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
+
+use crate::publish::link::LinkContext;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -182,7 +184,8 @@ pub struct InboxConsumer<H> {
     sql: Arc<InboxSql>,
     config: ConsumerConfig,
     handler: H,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LinkContext>,
+    context: LinkContext,
     stats: Arc<ConsumerStats>,
 }
 
@@ -202,7 +205,10 @@ impl<H: Handler> InboxConsumer<H> {
         // The guarantee rests on these: never store an offset before the
         // inbox transaction committed.
         client.set("enable.auto.offset.store", "false").set("enable.auto.commit", "true");
-        let consumer: StreamConsumer = client.create().map_err(crate::secrets::kafka_config_error)?;
+        // librdkafka's reconnection errors logged by state change, as the relay's.
+        let context = LinkContext::default();
+        let consumer: StreamConsumer<LinkContext> =
+            client.create_with_context(context.clone()).map_err(crate::secrets::kafka_config_error)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(InboxConsumer {
@@ -211,6 +217,7 @@ impl<H: Handler> InboxConsumer<H> {
             config,
             handler,
             consumer,
+            context,
             stats: Arc::default(),
         })
     }
@@ -241,7 +248,10 @@ impl<H: Handler> InboxConsumer<H> {
                 _ = shutdown.cancelled() => return Ok(()),
             };
             match message {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    self.context.link.reached();
+                    batch.push(m)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;

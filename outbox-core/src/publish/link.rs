@@ -106,6 +106,10 @@ impl ClientContext for LinkContext {
     }
 }
 
+/// The inbox consumer's clients report the same way (their outage ends at
+/// the next message received).
+impl rdkafka::consumer::ConsumerContext for LinkContext {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! implementation.
 
 mod kafka;
-mod link;
+pub(crate) mod link;
 
 use std::collections::HashSet;
 use std::future::Future;
