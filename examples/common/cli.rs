@@ -6,8 +6,7 @@
 /// The parsed arguments, or clap's message (URLs redacted) and its exit code.
 pub fn parse<T: clap::Parser>() -> T {
     T::try_parse().unwrap_or_else(|e| {
-        let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-        let text = outbox::secrets::redact_args_in(&e.render().to_string(), &args);
+        let text = outbox::secrets::redact_own_args_in(&e.render().to_string());
         if e.use_stderr() {
             eprint!("{text}");
         } else {

@@ -88,8 +88,7 @@ struct Sizes {
 async fn main() -> anyhow::Result<()> {
     let args = Args::try_parse().unwrap_or_else(|e| {
         // clap echoes a rejected argument: mask a URL's password in it.
-        let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-        let text = outbox_core::secrets::redact_args_in(&e.render().to_string(), &args);
+        let text = outbox_core::secrets::redact_own_args_in(&e.render().to_string());
         if e.use_stderr() {
             eprint!("{text}");
         } else {

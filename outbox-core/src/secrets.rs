@@ -148,6 +148,13 @@ where
     redact_urls_in(&text)
 }
 
+/// [`redact_args_in`] with this process's own arguments: for a command-line
+/// parser's error message before it is printed.
+pub fn redact_own_args_in(message: &str) -> String {
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    redact_args_in(message, &args)
+}
+
 /// A librdkafka configuration error as a crate error that names the setting
 /// and never its value: librdkafka echoes a rejected value in its message
 /// (and rdkafka's `Display` appends it), and a value is often a secret, or a

@@ -27,8 +27,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap echoes a rejected argument: a URL typed where a
             // subcommand was expected would show its password.
-            let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-            let text = outbox_core::secrets::redact_args_in(&e.render().to_string(), &args);
+            let text = outbox_core::secrets::redact_own_args_in(&e.render().to_string());
             if e.use_stderr() {
                 eprint!("{text}");
             } else {
