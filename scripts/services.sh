@@ -1,13 +1,13 @@
 # shellcheck shell=bash
 # Sourced by scripts/test, scripts/demo and .ci/run.
 #
-# Makes sure PostgreSQL and a Kafka-API broker answer, starting (and, if
-# needed, installing) local ones when they do not, and exports DATABASE_URL
-# and KAFKA_BROKERS for what runs next. Whatever it starts is stopped by
-# `services_stop` (registered on EXIT by the caller).
+# Makes sure PostgreSQL, Apache Kafka and Redis answer, starting (and, if
+# needed, installing) local ones when they do not, and exports DATABASE_URL,
+# KAFKA_BROKERS and REDIS_URL for what runs next. Whatever it starts is
+# stopped by `services_stop` (registered on EXIT by the caller).
 #
 #   DATABASE_URL   PostgreSQL to use   (default postgres://postgres@127.0.0.1:5432/outbox_test)
-#   KAFKA_BROKERS  Kafka-API brokers   (default 127.0.0.1:9092)
+#   KAFKA_BROKERS  Kafka brokers       (default 127.0.0.1:9092; see scripts/kafka/README.md)
 #   REDIS_URL      Redis (flash sale)  (default redis://127.0.0.1:6379)
 
 OUTBOX_STATE_DIR="${OUTBOX_STATE_DIR:-$HOME/.cache/outbox}"
@@ -15,16 +15,11 @@ mkdir -p "$OUTBOX_STATE_DIR"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/outbox_test}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-TANSU_VERSION=0.6.0
-# The tansu we test against is crates.io's 0.6.0 with the fixes in
-# scripts/tansu/*.patch (see scripts/tansu/README.md); bump TANSU_BUILD when
-# a patch changes, so every machine rebuilds it. TANSU_BIN names another.
-TANSU_BUILD=2
-TANSU_HOME="$OUTBOX_STATE_DIR/tansu-$TANSU_VERSION-outbox$TANSU_BUILD"
-export TANSU_BIN="${TANSU_BIN:-$TANSU_HOME/bin/tansu}"
 _SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/kafka/kafka.sh
+source "$_SERVICES_DIR/kafka/kafka.sh"
 _STARTED_PG_DIR=""
-_STARTED_TANSU_PID=""
+_STARTED_KAFKA_PID=""
 _STARTED_REDIS_PID=""
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -81,51 +76,18 @@ start_postgres() {
   _wait_port 127.0.0.1 "$port" PostgreSQL
 }
 
-install_tansu() {
-  [[ -x "$TANSU_BIN" ]] && return 0
-  log "building tansu $TANSU_VERSION with scripts/tansu/*.patch (cargo, about 10 minutes on 2 cores, once)"
-  _build_tansu >"$OUTBOX_STATE_DIR/tansu-install.log" 2>&1 \
-    || { tail -20 "$OUTBOX_STATE_DIR/tansu-install.log" >&2; return 1; }
-  log "tansu built: $TANSU_BIN"
-}
-
-# crates.io's tansu and tansu-storage sources (cargo downloads and checks
-# them), the patches applied to tansu-storage, then tansu built with its own
-# Cargo.lock, where only tansu-storage changes source.
-_build_tansu() {
-  local src="$TANSU_HOME/src" cache="${CARGO_HOME:-$HOME/.cargo}/registry/cache" crate p
-  rm -rf "$src" && mkdir -p "$src/fetch/src" || return 1
-  printf '[package]\nname = "fetch-tansu"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ntansu = { version = "=%s", features = ["dynostore"] }\n' \
-    "$TANSU_VERSION" >"$src/fetch/Cargo.toml"
-  : >"$src/fetch/src/lib.rs"
-  cargo fetch --manifest-path "$src/fetch/Cargo.toml" || return 1
-  for crate in tansu tansu-storage; do
-    tar -xzf "$(ls "$cache"/*/"$crate-$TANSU_VERSION.crate" | head -1)" -C "$src" || return 1
-  done
-  for p in "$_SERVICES_DIR"/tansu/*.patch; do
-    patch -p1 -d "$src/tansu-storage-$TANSU_VERSION" <"$p" || return 1
-  done
-  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
-    >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
-  CARGO_TARGET_DIR="$TANSU_HOME/target" cargo build --release --features dynostore -j "$(nproc)" \
-    --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" || return 1
-  mkdir -p "$(dirname "$TANSU_BIN")" || return 1
-  cp "$TANSU_HOME/target/release/tansu" "$TANSU_BIN.tmp" && mv "$TANSU_BIN.tmp" "$TANSU_BIN" || return 1
-  rm -rf "$TANSU_HOME/target"   # gigabytes of intermediate files
-}
-
 start_kafka() {
-  local first="${KAFKA_BROKERS%%,*}" host port
+  local first="${KAFKA_BROKERS%%,*}" host port dir
   host="${first%:*}"; port="${first##*:}"
-  if answers "$host" "$port"; then log "Kafka-API broker answers at $host:$port"; return 0; fi
-  _is_local "$host" || { log "broker $host:$port does not answer and is not local"; return 1; }
-  install_tansu || return 1
-  log "starting tansu on $host:$port"
-  "$TANSU_BIN" broker --storage-engine memory://tansu/ \
-    --listener-url "tcp://$host:$port" --advertised-listener-url "tcp://$host:$port" \
-    >"$OUTBOX_STATE_DIR/tansu-$port.log" 2>&1 &
-  _STARTED_TANSU_PID=$!
-  _wait_port "$host" "$port" tansu
+  if answers "$host" "$port"; then log "Kafka answers at $host:$port"; return 0; fi
+  _is_local "$host" || { log "Kafka at $host:$port does not answer and is not local"; return 1; }
+  install_kafka || return 1
+  # A fresh log directory each time: nothing of an earlier run's topics.
+  dir="$OUTBOX_STATE_DIR/kafka-$port"
+  rm -rf "$dir"
+  log "starting Apache Kafka $KAFKA_VERSION on $host:$port (KRaft, one node, log in $dir; about 10 s)"
+  _STARTED_KAFKA_PID=$(kafka_node_start "$dir" "$port" $((port + 1))) || return 1
+  kafka_wait "$host" "$port" || { tail -20 "$dir/server.log" >&2; return 1; }
 }
 
 # host and port of a redis URL (redis://[user:pw@]host[:port][/db])
@@ -151,9 +113,9 @@ start_redis() {
 
 services_start() {
   start_postgres || { log "could not start PostgreSQL"; return 1; }
-  start_kafka || { log "could not start a Kafka-API broker"; return 1; }
+  start_kafka || { log "could not start Kafka"; return 1; }
   start_redis || { log "could not start Redis"; return 1; }
-  install_tansu >/dev/null 2>&1 || true   # tests that pause a private broker use it when present
+  install_kafka || return 1   # tests run private brokers of their own
 }
 
 services_stop() {
@@ -161,9 +123,12 @@ services_stop() {
     kill "$_STARTED_REDIS_PID" 2>/dev/null; wait "$_STARTED_REDIS_PID" 2>/dev/null
     log "stopped Redis"
   fi
-  if [[ -n "$_STARTED_TANSU_PID" ]]; then
-    kill "$_STARTED_TANSU_PID" 2>/dev/null; wait "$_STARTED_TANSU_PID" 2>/dev/null
-    log "stopped tansu"
+  if [[ -n "$_STARTED_KAFKA_PID" ]]; then
+    kill "$_STARTED_KAFKA_PID" 2>/dev/null
+    local i
+    for i in $(seq 1 60); do kill -0 "$_STARTED_KAFKA_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$_STARTED_KAFKA_PID" 2>/dev/null
+    log "stopped Kafka"
   fi
   if [[ -n "$_STARTED_PG_DIR" ]]; then
     "${_PG_AS[@]}" "$_PG_BINDIR/pg_ctl" -D "$_STARTED_PG_DIR" -m fast stop >/dev/null 2>&1

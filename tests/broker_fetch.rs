@@ -1,12 +1,11 @@
-//! What every consumer-side test assumes of the Kafka-API broker it runs
-//! against: a consumer that resumes from an offset inside a record batch
-//! gets the rest of that batch. Apache Kafka does. tansu 0.6.0 as published
-//! did not: it answered from the next batch on, so a group member that took
-//! over a partition at a committed offset inside a batch never saw that
-//! batch's tail (the consumer-rebalance chaos scenario caught it as events
-//! no consumer applied). `./scripts/services.sh` builds tansu with the fix
-//! (`scripts/tansu/`). If this test fails, the broker loses messages for
-//! its consumers and the other consumer tests cannot be trusted.
+//! What every consumer-side test assumes of the broker it runs against: a
+//! consumer that resumes from an offset inside a record batch gets the rest
+//! of that batch. Apache Kafka does. tansu 0.6.0, the broker the tests ran
+//! on before, did not (a group member that took over a partition at a
+//! committed offset inside a batch never saw that batch's tail). Kept for
+//! any broker given through `KAFKA_BROKERS`: if this test fails, the broker
+//! loses messages for its consumers and the other consumer tests cannot be
+//! trusted.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 

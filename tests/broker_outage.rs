@@ -21,7 +21,7 @@ fn count(log: &str, needle: &str) -> usize {
 async fn an_outage_is_logged_when_it_starts_while_it_lasts_and_when_it_ends() {
     let (broker_port, proxy_port) = (free_port(), free_port());
     let Some(_broker) = PrivateBroker::start_advertised(broker_port, proxy_port) else {
-        eprintln!("SKIPPED: needs the tansu binary to run a private broker (./scripts/test installs it)");
+        eprintln!("SKIPPED: needs Kafka's jars to run a private broker (./scripts/test installs them)");
         return;
     };
     let target = format!("127.0.0.1:{broker_port}");

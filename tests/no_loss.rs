@@ -33,7 +33,7 @@ async fn exactly_the_committed_events_are_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_outage_loses_nothing() {
     let Some(broker) = PrivateBroker::start() else {
-        eprintln!("SKIPPED: needs the tansu binary to run a broker it can pause (./scripts/test installs it)");
+        eprintln!("SKIPPED: needs Kafka's jars to run a private broker (./scripts/test installs them)");
         return;
     };
     let world = World::with_brokers(3, broker.brokers.clone()).await;
@@ -64,7 +64,7 @@ async fn broker_outage_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_waits_for_in_flight_confirmations() {
     let Some(broker) = PrivateBroker::start() else {
-        eprintln!("SKIPPED: needs the tansu binary to run a broker it can pause (./scripts/test installs it)");
+        eprintln!("SKIPPED: needs Kafka's jars to run a private broker (./scripts/test installs them)");
         return;
     };
     let world = World::with_brokers(1, broker.brokers.clone()).await;

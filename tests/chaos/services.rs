@@ -36,7 +36,7 @@ pub(crate) async fn broker_unreachable(seed: u64) -> Outcome {
     let started = Instant::now();
     let Some(broker) = PrivateBroker::start() else {
         let mut o = Outcome { name: "broker-unreachable", seed, ..Default::default() };
-        o.note = "needs the tansu binary to run a broker it can pause".into();
+        o.note = "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker it can pause".into();
         return o;
     };
     let world = world(Some(broker.brokers.clone())).await;
@@ -64,13 +64,13 @@ pub(crate) async fn broker_unreachable(seed: u64) -> Outcome {
 /// (nothing flows for seconds) at random, through TCP proxies.
 pub(crate) async fn network_faults(seed: u64) -> Outcome {
     let started = Instant::now();
-    let (tansu_port, kafka_port, db_port) = (free_port(), free_port(), free_port());
-    let Some(broker) = PrivateBroker::start_advertised(tansu_port, kafka_port) else {
+    let (broker_port, kafka_port, db_port) = (free_port(), free_port(), free_port());
+    let Some(broker) = PrivateBroker::start_advertised(broker_port, kafka_port) else {
         let mut o = Outcome { name: "network-faults", seed, ..Default::default() };
-        o.note = "needs the tansu binary to run a broker behind a proxy".into();
+        o.note = "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker behind a proxy".into();
         return o;
     };
-    let kafka = Proxy::start(kafka_port, &format!("127.0.0.1:{tansu_port}")).await;
+    let kafka = Proxy::start(kafka_port, &format!("127.0.0.1:{broker_port}")).await;
     let db = Proxy::start(db_port, &url_address(&database_url())).await;
     let relay_url = url_replacing(&database_url(), None, Some(&format!("127.0.0.1:{db_port}")));
     let world = world(Some(broker.brokers.clone())).await;

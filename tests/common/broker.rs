@@ -1,17 +1,47 @@
-//! A private tansu broker a test may pause (SIGSTOP) and resume, or put
-//! behind a proxy.
+//! A private Apache Kafka node a test may pause (SIGSTOP) and resume, kill
+//! and restart on the same log directory, or put behind a proxy: the jars
+//! `scripts/services.sh` resolves (`KAFKA_LIBS`) and the settings of
+//! `scripts/kafka/server.properties`, run with `java`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
 
-/// A private tansu broker this test may pause (SIGSTOP) and resume.
-/// `None` when the tansu binary is not installed (with an own Kafka).
+/// Every private node's cluster id (each has a directory of its own):
+/// URL-safe base64 of 16 bytes, as Kafka's storage tool wants it.
+const CLUSTER_ID: &str = "b3V0Ym94LXRlc3RzLTAwMA";
+
+/// A private broker. `None` from the constructors when Kafka's jars are not
+/// installed (with an own Kafka and no `./scripts/test`).
 pub struct PrivateBroker {
-    child: Child,
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
     pub brokers: String,
+}
+
+fn libs() -> Option<PathBuf> {
+    let libs = std::env::var_os("KAFKA_LIBS").map(PathBuf::from).or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        Some(PathBuf::from(home).join(".cache/outbox/kafka-4.4.0/libs"))
+    })?;
+    libs.join(".complete").exists().then_some(libs)
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka")
+}
+
+fn java(libs: &Path) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.args(["-Xms128m", "-Xmx384m", "-XX:+UseG1GC", "-XX:ParallelGCThreads=1", "-XX:ConcGCThreads=1"])
+        .args(["-XX:CICompilerCount=2", "-XX:TieredStopAtLevel=1"])
+        .arg(format!("-Dlog4j2.configurationFile={}", scripts().join("log4j2.xml").display()))
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()));
+    cmd
 }
 
 impl PrivateBroker {
@@ -23,54 +53,90 @@ impl PrivateBroker {
     /// A broker listening on `port` that tells clients to connect to
     /// `advertised` (a proxy in front of it); `brokers` is the advertised one.
     pub fn start_advertised(port: u16, advertised: u16) -> Option<PrivateBroker> {
-        let tansu = std::env::var("TANSU_BIN").ok().map(PathBuf::from).or_else(|| {
-            let home = std::env::var("HOME").ok()?;
-            // TANSU_BIN is scripts/services.sh's patched build (scripts/tansu/);
-            // without it, whatever tansu is installed.
-            let installed = PathBuf::from(home).join(".cargo/bin/tansu");
-            installed.exists().then_some(installed).or_else(|| which("tansu"))
-        })?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
-        let child = Command::new(tansu)
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &advertised_url,
-            ])
+        let libs = libs()?;
+        let dir = std::env::temp_dir().join(super::unique("kafka"));
+        std::fs::create_dir_all(dir.join("data")).ok()?;
+        let controller = free_port();
+        let template = std::fs::read_to_string(scripts().join("server.properties")).ok()?;
+        let properties = template
+            .replace("@NODE@", "1")
+            .replace("@QUORUM@", &format!("controller.quorum.bootstrap.servers=127.0.0.1:{controller}"))
+            .replace(
+                "advertised.listeners=PLAINTEXT://127.0.0.1:@PORT@",
+                &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{advertised}"),
+            )
+            .replace("@PORT@", &port.to_string())
+            .replace("@CPORT@", &controller.to_string())
+            .replace("@DATA@", &dir.join("data").display().to_string());
+        std::fs::write(dir.join("server.properties"), properties).ok()?;
+        let formatted = java(&libs)
+            .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c"])
+            .arg(dir.join("server.properties"))
+            .arg("--standalone")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .ok()?;
+        assert!(formatted.success(), "formatting a private Kafka in {} failed", dir.display());
+        let mut broker = PrivateBroker { child: None, dir, port, brokers: format!("127.0.0.1:{advertised}") };
+        broker.run(&libs);
+        Some(broker)
+    }
+
+    /// Starts the process on the broker's directory and waits until it
+    /// answers.
+    fn run(&mut self, libs: &Path) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let child = java(libs)
+            .arg("kafka.Kafka")
+            .arg(self.dir.join("server.properties"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "private tansu did not start");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "private Kafka did not start: see {}",
+                self.dir.join("server.log").display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(PrivateBroker { child, brokers: format!("127.0.0.1:{advertised}") })
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().map(|c| c.id().to_string()).unwrap_or_default()
     }
 
     pub fn pause(&self) {
-        Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill").args(["-STOP", &self.pid()]).status().unwrap();
     }
 
     pub fn resume(&self) {
-        Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill").args(["-CONT", &self.pid()]).status().unwrap();
+    }
+
+    /// SIGKILL: the process dies with whatever it had not written.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same log directory (after [`crash`](Self::crash)).
+    pub fn restart(&mut self) {
+        self.crash();
+        self.run(&libs().expect("Kafka's jars"));
     }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.resume();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.crash();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.exists()))
 }
