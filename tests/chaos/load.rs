@@ -19,6 +19,11 @@ pub(crate) async fn world_on(url: &str, brokers: Option<String>) -> World {
     prepare(world).await
 }
 
+/// A world on a three-broker cluster: its topic replicated three times.
+pub(crate) async fn replicated_world(brokers: &str) -> World {
+    prepare(World::on_replicated(&database_url(), 6, 3, brokers.to_owned()).await).await
+}
+
 /// The harness's pool and the writers' aggregates table.
 pub(crate) async fn prepare(mut world: World) -> World {
     world.pool = harness_pool(&world.url).await;

@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod check;
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod consumers;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use check::*;
+use cluster::*;
 use common::postgres::PrivatePostgres;
 use common::proxy::Proxy;
 use common::*;
@@ -57,6 +59,10 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("late-commits", true, |s| Box::pin(late_commits(s))),
     ("db-connections-killed", false, |s| Box::pin(connections_killed(s))),
     ("broker-unreachable", false, |s| Box::pin(broker_unreachable(s))),
+    ("broker-crash", false, |s| Box::pin(broker_crash(s))),
+    ("leader-failover", false, |s| Box::pin(leader_failover(s))),
+    ("insync-lost", false, |s| Box::pin(insync_lost(s))),
+    ("combined", false, |s| Box::pin(combined(s))),
     ("postgres-crash", false, |s| Box::pin(postgres_crash(s))),
     ("broker-errors", false, |s| Box::pin(broker_errors(s))),
     ("network-faults", false, |s| Box::pin(network_faults(s))),

@@ -10,24 +10,32 @@ pub(crate) async fn connections_killed(seed: u64) -> Outcome {
     let _relays = relays(&world, 2);
     let mut terminated = 0i64;
     let done = AtomicBool::new(false);
-    let writes = during(load(&world, seed, Load::new(4, 300, 50, 10, Duration::from_millis(10)).killing(5)), &done, async {
-        while !done.load(Ordering::SeqCst) {
-            sleep_ms(1000).await;
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity                  WHERE datname = current_database() AND backend_type = 'client backend'                  AND application_name <> $1 AND pid <> pg_backend_pid()) t",
-            )
-            .bind(HARNESS)
-            .fetch_one(&world.pool)
-            .await
-            .unwrap_or(0);
-            terminated += n;
-        }
-    })
-    .await;
+    let writes =
+        during(load(&world, seed, Load::new(4, 300, 50, 10, Duration::from_millis(10)).killing(5)), &done, async {
+            while !done.load(Ordering::SeqCst) {
+                sleep_ms(1000).await;
+                terminated += terminate_connections(&world.pool).await;
+            }
+        })
+        .await;
     let mut o = settle(&world, "db-connections-killed", seed, started, &writes).await;
     o.fault_acted = terminated > 0 && o.indeterminate > 0;
     o.note = format!("{terminated} connections terminated");
     o
+}
+
+/// Terminates every connection to the database but the harness's own;
+/// returns how many.
+pub(crate) async fn terminate_connections(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_type = 'client backend' \
+         AND application_name <> $1 AND pid <> pg_backend_pid()) t",
+    )
+    .bind(HARNESS)
+    .fetch_one(pool)
+    .await
+    .unwrap_or(0)
 }
 
 /// Scenario 8: The broker stops answering (SIGSTOP) for longer than a request
@@ -36,7 +44,8 @@ pub(crate) async fn broker_unreachable(seed: u64) -> Outcome {
     let started = Instant::now();
     let Some(broker) = PrivateBroker::start() else {
         let mut o = Outcome { name: "broker-unreachable", seed, ..Default::default() };
-        o.note = "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker it can pause".into();
+        o.note =
+            "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker it can pause".into();
         return o;
     };
     let world = world(Some(broker.brokers.clone())).await;
@@ -59,6 +68,37 @@ pub(crate) async fn broker_unreachable(seed: u64) -> Outcome {
     o
 }
 
+/// Scenario 15: The only broker SIGKILLed mid-run (whatever it had not yet
+/// written is gone with the process; what it acknowledged is in its log) and
+/// started again on the same log directory, while writers and relays go on.
+pub(crate) async fn broker_crash(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let Some(mut broker) = PrivateBroker::start() else {
+        let mut o = Outcome { name: "broker-crash", seed, ..Default::default() };
+        o.note = "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker it can kill".into();
+        return o;
+    };
+    let world = world(Some(broker.brokers.clone())).await;
+    let _relays = relays(&world, 2);
+    let mut down = Duration::ZERO;
+    let done = AtomicBool::new(false);
+    let writes = during(load(&world, seed, Load::new(4, 300, 50, 10, Duration::from_millis(10))), &done, async {
+        sleep_ms(1500).await;
+        let since = Instant::now();
+        broker.crash();
+        sleep_ms(2000).await;
+        // Starting a JVM blocks this thread for seconds: not a runtime worker's.
+        tokio::task::block_in_place(|| broker.restart());
+        down = since.elapsed();
+    })
+    .await;
+    let mut o = settle(&world, "broker-crash", seed, started, &writes).await;
+    o.fault_acted = !down.is_zero();
+    o.note = format!("broker SIGKILLed, answering again on the same log after {:.1}s", down.as_secs_f64());
+    drop(broker);
+    o
+}
+
 /// Scenario 10: The network between the relays and the database, and
 /// between the relays and the broker, cut (connections reset) and stalled
 /// (nothing flows for seconds) at random, through TCP proxies.
@@ -67,7 +107,8 @@ pub(crate) async fn network_faults(seed: u64) -> Outcome {
     let (broker_port, kafka_port, db_port) = (free_port(), free_port(), free_port());
     let Some(broker) = PrivateBroker::start_advertised(broker_port, kafka_port) else {
         let mut o = Outcome { name: "network-faults", seed, ..Default::default() };
-        o.note = "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker behind a proxy".into();
+        o.note =
+            "needs Kafka's jars (KAFKA_LIBS, installed by scripts/services.sh) to run a broker behind a proxy".into();
         return o;
     };
     let kafka = Proxy::start(kafka_port, &format!("127.0.0.1:{broker_port}")).await;

@@ -86,6 +86,11 @@ impl PrivateBroker {
     /// Starts the process on the broker's directory and waits until it
     /// answers.
     fn run(&mut self, libs: &Path) {
+        self.spawn(libs);
+        self.wait();
+    }
+
+    fn spawn(&mut self, libs: &Path) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
         let child = java(libs)
             .arg("kafka.Kafka")
@@ -95,6 +100,10 @@ impl PrivateBroker {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits until the broker answers on its port.
+    pub fn wait(&self) {
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
@@ -104,6 +113,11 @@ impl PrivateBroker {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn pid(&self) -> String {
@@ -130,6 +144,75 @@ impl PrivateBroker {
     pub fn restart(&mut self) {
         self.crash();
         self.run(&libs().expect("Kafka's jars"));
+    }
+
+    /// Starts it again without waiting for it to answer (a cluster node
+    /// that needs its peers' votes first).
+    pub fn restart_in_background(&mut self) {
+        self.crash();
+        self.spawn(&libs().expect("Kafka's jars"));
+    }
+}
+
+/// Three private Kafka nodes, each broker and controller (static voters),
+/// with the durability settings of a production cluster: replication 3,
+/// `min.insync.replicas=2`, no unclean leader election.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateBroker>,
+    pub brokers: String,
+}
+
+impl PrivateCluster {
+    pub fn start() -> Option<PrivateCluster> {
+        let libs = libs()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let voters: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect();
+        let template = std::fs::read_to_string(scripts().join("server.properties")).ok()?;
+        let mut nodes = Vec::new();
+        for (i, (port, controller)) in ports.iter().enumerate() {
+            let dir = std::env::temp_dir().join(super::unique("kafka"));
+            std::fs::create_dir_all(dir.join("data")).ok()?;
+            let properties = template
+                .replace("@NODE@", &(i + 1).to_string())
+                .replace("@QUORUM@", &format!("controller.quorum.voters={}", voters.join(",")))
+                .replace("@PORT@", &port.to_string())
+                .replace("@CPORT@", &controller.to_string())
+                .replace("@DATA@", &dir.join("data").display().to_string())
+                .replace("offsets.topic.replication.factor=1", "offsets.topic.replication.factor=3")
+                .replace("transaction.state.log.replication.factor=1", "transaction.state.log.replication.factor=3")
+                .replace("transaction.state.log.min.isr=1", "transaction.state.log.min.isr=2")
+                + "default.replication.factor=3\nmin.insync.replicas=2\nunclean.leader.election.enable=false\n";
+            std::fs::write(dir.join("server.properties"), properties).ok()?;
+            let formatted = java(&libs)
+                .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c"])
+                .arg(dir.join("server.properties"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?;
+            assert!(formatted.success(), "formatting a cluster node in {} failed", dir.display());
+            nodes.push(PrivateBroker { child: None, dir, port: *port, brokers: format!("127.0.0.1:{port}") });
+        }
+        // The nodes wait for each other's votes: start all, then wait.
+        for node in &mut nodes {
+            node.spawn(&libs);
+        }
+        for node in &nodes {
+            node.wait();
+        }
+        let brokers = nodes.iter().map(|n| n.brokers.clone()).collect::<Vec<_>>().join(",");
+        Some(PrivateCluster { nodes, brokers })
+    }
+
+    /// The node (index into `nodes`) leading `topic`'s `partition` now.
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<usize> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", &self.brokers).create().ok()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+        let leader = metadata.topics().first()?.partitions().iter().find(|p| p.id() == partition)?.leader();
+        usize::try_from(leader).ok().and_then(|id| id.checked_sub(1))
     }
 }
 

@@ -8,7 +8,7 @@ pub mod postgres;
 pub mod proxy;
 
 #[allow(unused_imports)] // not every test binary pauses a broker
-pub use broker::PrivateBroker;
+pub use broker::{PrivateBroker, PrivateCluster};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -102,8 +102,14 @@ impl World {
 
     /// A world on the database at `url`.
     pub async fn on(url: &str, partitions: i32, brokers: String) -> World {
+        Self::on_replicated(url, partitions, 1, brokers).await
+    }
+
+    /// A world whose topic has `replication` copies of each partition.
+    pub async fn on_replicated(url: &str, partitions: i32, replication: i32, brokers: String) -> World {
         let topic = unique("topic");
-        create_topic(&brokers, &topic, partitions).await;
+        let creation = outbox::TopicCreation { partitions, replication };
+        creation.create(&brokers, &[&topic]).await.unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
         Self::with_topic(url, brokers, topic).await
     }
 
@@ -317,7 +323,7 @@ impl Record {
 
 /// Reads `topic` from offset 0 until `expect` distinct ids were seen and the
 /// topic stayed quiet for a moment, or until nothing new arrived for `max`
-/// (watermarks are not trusted: tansu's lag behind the records it serves).
+/// (a reader that waits for quiet works on any broker, watermarks or not).
 ///
 /// A reader that falls short is not taken at its word: a second reader with
 /// a fresh consumer reads the topic again, and the better of the two reads is
