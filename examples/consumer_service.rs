@@ -51,6 +51,9 @@ struct Args {
     /// Most messages applied in one transaction (default: the library's).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// librdkafka's partition.assignment.strategy (e.g. cooperative-sticky).
+    #[arg(long)]
+    assignment: Option<String>,
 }
 
 struct Billing {
@@ -118,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
     consumer_config.kafka_settings.push(("session.timeout.ms".into(), "6000".into()));
     if let Some(batch_size) = args.batch_size {
         consumer_config.batch_size = batch_size;
+    }
+    if let Some(strategy) = &args.assignment {
+        consumer_config.kafka_settings.push(("partition.assignment.strategy".into(), strategy.clone()));
     }
     if let Some(debug) = std::env::var("CONSUMER_KAFKA_DEBUG").ok().filter(|d| !d.is_empty()) {
         consumer_config.kafka_settings.push(("debug".into(), debug)); // e.g. cgrp,fetch

@@ -103,6 +103,9 @@ pub(crate) enum ConsumerFault<'a> {
     /// Two consumers in the group; one is SIGKILLed as soon as effects
     /// start to appear (mid-stream).
     KillOneOfTwo,
+    /// Three consumers in the group (cooperative-sticky assignment); one
+    /// SIGKILLed and restarted every 0.5–1.5 s (seeded) while effects appear.
+    Churn(u64),
 }
 
 /// [`settle`], with a consumer fault first; also returns how many consumer
@@ -183,6 +186,28 @@ pub(crate) async fn settle_with(
             let _ = victim.wait();
             tokio::task::spawn_blocking(move || survivor.wait_with_output()).await.unwrap().unwrap().status
         }
+        ConsumerFault::Churn(seed) => {
+            // Small batches: the stream lasts long enough for several kills.
+            let extra = ["--assignment", "cooperative-sticky", "--batch-size", "5"];
+            let spawn = || spawn_consumer_with(world, &group, expect, &extra);
+            let mut members = vec![spawn(), spawn(), spawn()];
+            let mut rng = StdRng::seed_from_u64(seed);
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while effects_so_far(world).await < i64::try_from(expect).unwrap_or(i64::MAX) && Instant::now() < give_up {
+                sleep_ms(rng.random_range(500..1500)).await;
+                let victim = rng.random_range(0..members.len());
+                let _ = members[victim].kill();
+                let _ = members[victim].wait();
+                crashed += 1;
+                members[victim] = spawn();
+            }
+            for mut member in members {
+                let _ = member.kill();
+                let _ = member.wait();
+            }
+            // Whatever the churn left unapplied, one last member finishes.
+            run_consumer(world, &group, expect, None).0
+        }
     };
     let (effects, distinct_effects) = effects(world).await;
     o.dup_effect = usize::try_from(effects - distinct_effects).unwrap_or(0);
@@ -214,7 +239,13 @@ pub(crate) async fn settle_with(
 
 /// The demo consumer as a child process, not waited for.
 pub(crate) fn spawn_consumer(world: &World, group: &str, expect: usize) -> std::process::Child {
+    spawn_consumer_with(world, group, expect, &[])
+}
+
+/// [`spawn_consumer`] with more arguments.
+pub(crate) fn spawn_consumer_with(world: &World, group: &str, expect: usize, extra: &[&str]) -> std::process::Child {
     std::process::Command::new(binary("consumer_service"))
+        .args(extra)
         .args(["--outbox-schema", &world.schema, "--app-schema", &format!("{}_app", world.schema)])
         .args(["--topic", &world.topic, "--group", group, "--brokers", &world.brokers])
         .args(["--expect", &expect.to_string(), "--idle-exit", "3s", "--timeout", "90s"])

@@ -60,6 +60,22 @@ pub(crate) async fn consumer_rebalance(seed: u64) -> Outcome {
     o
 }
 
+/// Scenario 19: Three consumers in one group with cooperative-sticky
+/// assignment, one SIGKILLed and restarted every few seconds: every
+/// effect exactly once.
+pub(crate) async fn consumer_churn(seed: u64) -> Outcome {
+    let started = Instant::now();
+    let world = world(None).await;
+    let _relays = relays(&world, 1);
+    let writes = load(&world, seed, Load::new(8, 1500, 100, 10, Duration::ZERO)).await;
+    let (mut o, killed) =
+        settle_with(&world, "consumer-churn", seed, started, &writes, ConsumerFault::Churn(seed)).await;
+    o.fault_acted = killed >= 3;
+    let fault = format!("{killed} members of three SIGKILLed and restarted");
+    o.note = if o.note.is_empty() { fault } else { format!("{fault}; {}", o.note) };
+    o
+}
+
 /// Scenario 12: Bad inputs among the load: an oversize payload (refused at
 /// enqueue with a typed error, its transaction rolled back), payloads the
 /// consumer's typed handler cannot parse (parked in the inbox dead-letter

@@ -68,6 +68,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("network-faults", false, |s| Box::pin(network_faults(s))),
     ("consumer-crash", false, |s| Box::pin(consumer_crash(s))),
     ("consumer-rebalance", false, |s| Box::pin(consumer_rebalance(s))),
+    ("consumer-churn", false, |s| Box::pin(consumer_churn(s))),
     ("bad-inputs", false, |s| Box::pin(bad_inputs(s))),
     ("poison-events", false, |s| Box::pin(poison_events(s))),
 ];
