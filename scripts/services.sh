@@ -118,20 +118,24 @@ services_start() {
   install_kafka || return 1   # tests run private brokers of their own
 }
 
+# Every step may fail (a process already gone): the callers run under
+# `set -e`, and what follows must still be stopped.
 services_stop() {
   if [[ -n "$_STARTED_REDIS_PID" ]]; then
-    kill "$_STARTED_REDIS_PID" 2>/dev/null; wait "$_STARTED_REDIS_PID" 2>/dev/null
+    kill "$_STARTED_REDIS_PID" 2>/dev/null || true
+    wait "$_STARTED_REDIS_PID" 2>/dev/null || true
     log "stopped Redis"
   fi
   if [[ -n "$_STARTED_KAFKA_PID" ]]; then
-    kill "$_STARTED_KAFKA_PID" 2>/dev/null
+    # A controlled shutdown takes a few seconds; SIGKILL after 30.
+    kill "$_STARTED_KAFKA_PID" 2>/dev/null || true
     local i
     for i in $(seq 1 60); do kill -0 "$_STARTED_KAFKA_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$_STARTED_KAFKA_PID" 2>/dev/null
+    kill -9 "$_STARTED_KAFKA_PID" 2>/dev/null || true
     log "stopped Kafka"
   fi
   if [[ -n "$_STARTED_PG_DIR" ]]; then
-    "${_PG_AS[@]}" "$_PG_BINDIR/pg_ctl" -D "$_STARTED_PG_DIR" -m fast stop >/dev/null 2>&1
+    "${_PG_AS[@]}" "$_PG_BINDIR/pg_ctl" -D "$_STARTED_PG_DIR" -m fast stop >/dev/null 2>&1 || true
     log "stopped the private PostgreSQL"
   fi
 }

@@ -26,11 +26,13 @@ install_kafka() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null || return 1
   fi
-  _kafka_log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS (once; about 60 MB, under a minute)"
+  _kafka_log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS (once; 44 MB of jars, about 15 s)"
   rm -rf "$KAFKA_LIBS.tmp"
-  mvn -B -ntp -Dmaven.repo.local="$OUTBOX_STATE_DIR/m2" -Dkafka.version="$KAFKA_VERSION" \
+  # Maven's own lines (each artifact as it arrives) are the progress.
+  mvn -B -Dmaven.repo.local="$OUTBOX_STATE_DIR/m2" -Dkafka.version="$KAFKA_VERSION" \
     -f "$_KAFKA_DIR/pom.xml" dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS.tmp" \
-    >"$OUTBOX_STATE_DIR/kafka-install.log" 2>&1 || { tail -20 "$OUTBOX_STATE_DIR/kafka-install.log" >&2; return 1; }
+    2>&1 | tee "$OUTBOX_STATE_DIR/kafka-install.log" | grep --line-buffered -E '^\[(ERROR|INFO)\] (Downloaded|BUILD|Copying|ERROR)' >&2
+  [[ ${PIPESTATUS[0]} == 0 ]] || { tail -20 "$OUTBOX_STATE_DIR/kafka-install.log" >&2; return 1; }
   rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS" && touch "$KAFKA_LIBS/.complete"
 }
 
