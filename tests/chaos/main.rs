@@ -1,6 +1,6 @@
 //! The fault-injection suite (`./scripts/chaos`): real relays and consumers
 //! as processes, one fault at a time, then a Jepsen-style check of what
-//! reached the topic against what committed (DESIGN.md §2).
+//! reached the topic against what committed (docs/guarantees.md).
 //!
 //! ```text
 //! cargo test --test chaos                     # the quick subset (./scripts/test)

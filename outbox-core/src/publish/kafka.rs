@@ -5,9 +5,10 @@
 //! locally). With them, librdkafka keeps every produced message until the
 //! broker confirms it, however long the broker is away, and within a
 //! partition confirmed messages always form a prefix of what was produced:
-//! no gap for a later event of a key to slip through (see DESIGN.md §3 on
-//! `message.timeout.ms` gaps). Supplying weaker values is a configuration
-//! error.
+//! no gap for a later event of a key to slip through (a message that times
+//! out locally leaves a gap, and re-sending it reorders its key, as
+//! librdkafka's documentation of the idempotent producer says). Supplying
+//! weaker values is a configuration error.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
