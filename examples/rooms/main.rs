@@ -75,7 +75,8 @@ struct Args {
     /// Messages posted to each room (run).
     #[arg(long, default_value_t = 200)]
     messages: usize,
-    /// Server name (server): its consumer group.
+    /// Server name (server): its consumer group is `rooms-<name>`, and the
+    /// name its static membership in it.
     #[arg(long, default_value = "web")]
     name: String,
     /// Port to listen on (server).

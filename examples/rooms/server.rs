@@ -240,19 +240,24 @@ async fn events(
 }
 
 /// Pushes every room message from Kafka to the room's channel. Each server
-/// process is a consumer group of its own, starting at the end of the topics:
-/// every server gets every message from the moment it starts, and a
-/// restarted server does not wait to take over a dead member's partitions
-/// (what came before is in the database, where reconnecting clients get it).
+/// is a consumer group of its own (`rooms-<name>`), so every server gets
+/// every message. The server's name is also its static group membership
+/// (`group.instance.id`): a server restarted after a crash takes its
+/// partitions back at once, instead of waiting for the broker to time the
+/// dead member out, and resumes from its group's committed offsets. What it
+/// replays from the time it was down reaches nobody (its clients reconnect
+/// and read the database); what arrives before its partitions are assigned
+/// is covered by [`resync`].
 async fn consume(
     shared: Arc<Shared>,
     brokers: String,
-    group: String,
+    name: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
+        .set("group.id", format!("rooms-{name}"))
+        .set("group.instance.id", &name)
         .set("auto.offset.reset", "latest")
         .set("topic.metadata.refresh.interval.ms", "1000")
         .create()?;
@@ -320,8 +325,7 @@ pub async fn serve(
         pushed: Mutex::default(),
         shutdown: shutdown.clone(),
     });
-    let group = format!("rooms-{name}-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
-    let consumer = tokio::spawn(consume(shared.clone(), brokers, group, shutdown.clone()));
+    let consumer = tokio::spawn(consume(shared.clone(), brokers, name, shutdown.clone()));
     tokio::spawn(resync(shared.clone(), shutdown.clone()));
     let app = Router::new()
         .route("/rooms/{room}/messages", post(post_message))

@@ -321,35 +321,15 @@ impl Record {
     }
 }
 
-/// Reads `topic` from offset 0 until `expect` distinct ids were seen and the
-/// topic stayed quiet for a moment, or until nothing new arrived for `max`
-/// (a reader that waits for quiet works on any broker, watermarks or not).
+/// Reads `topic` from offset 0 to the end of its log: until `expect`
+/// distinct ids were seen and every partition's position reached the high
+/// watermark the broker reports at that moment, or until nothing new arrived
+/// for `max` (the writer may still be producing while fewer are in).
 ///
-/// A reader that falls short is not taken at its word: a second reader with
-/// a fresh consumer reads the topic again, and the better of the two reads is
-/// returned, so that "lost" in a test means absent from the topic, not missed
-/// by one consumer.
+/// Reading to the watermark means a short read is a real absence from the
+/// topic, and the duplicates a test counts are all that the log holds, not
+/// what arrived before some quiet period.
 pub fn read_topic(brokers: &str, topic: &str, expect: usize, max: Duration) -> Vec<Record> {
-    let first = read_once(brokers, topic, expect, max);
-    let seen = distinct(&first);
-    if seen >= expect {
-        return first;
-    }
-    eprintln!("reader: {seen} of {expect} distinct ids in {topic} ({} records); reading again", first.len());
-    let second = read_once(brokers, topic, expect, max);
-    eprintln!("reader: second read found {} distinct ids ({} records)", distinct(&second), second.len());
-    if distinct(&second) > seen {
-        second
-    } else {
-        first
-    }
-}
-
-fn distinct(records: &[Record]) -> usize {
-    records.iter().map(|r| r.id).collect::<HashSet<_>>().len()
-}
-
-fn read_once(brokers: &str, topic: &str, expect: usize, max: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
@@ -371,24 +351,32 @@ fn read_once(brokers: &str, topic: &str, expect: usize, max: Duration) -> Vec<Re
     };
     assert!(!partitions.is_empty(), "topic {topic} has no partitions in the broker's metadata");
     let mut tpl = TopicPartitionList::new();
-    for p in partitions {
+    for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    // Next offset to read per partition: the offset after the last record.
+    let mut next: HashMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
+    let at_end = |next: &HashMap<i32, i64>| {
+        next.iter().all(|(&p, &n)| match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+            Ok((_, high)) => n >= high,
+            Err(e) => {
+                eprintln!("reader: watermarks of {topic}/{p}: {e}");
+                false
+            }
+        })
+    };
     let start = Instant::now();
     let mut last_message = Instant::now();
     let mut records = Vec::new();
     let mut ids = HashSet::new();
     // Slow reading is not absence: the limit is on waiting without progress,
     // with an overall cap so a broken broker cannot hang the suite.
-    while start.elapsed() < max * 4 {
-        let quiet = if ids.len() >= expect { Duration::from_millis(1500) } else { max };
-        if last_message.elapsed() > quiet {
-            break;
-        }
+    while start.elapsed() < max * 4 && last_message.elapsed() < max {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last_message = Instant::now();
+                next.insert(m.partition(), m.offset() + 1);
                 let mut headers: BTreeMap<String, String> = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for h in h.iter() {
@@ -410,8 +398,15 @@ fn read_once(brokers: &str, topic: &str, expect: usize, max: Duration) -> Vec<Re
                 });
             }
             Some(Err(e)) => eprintln!("reader: {e}"),
-            None => {}
+            None => {
+                if ids.len() >= expect && at_end(&next) {
+                    return records;
+                }
+            }
         }
+    }
+    if ids.len() < expect {
+        eprintln!("reader: {} of {expect} distinct ids in {topic} ({} records)", ids.len(), records.len());
     }
     records
 }
