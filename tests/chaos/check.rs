@@ -106,6 +106,10 @@ pub(crate) enum ConsumerFault<'a> {
     /// Three consumers in the group (cooperative-sticky assignment); one
     /// SIGKILLed and restarted every 0.5–1.5 s (seeded) while effects appear.
     Churn(u64),
+    /// A consumer of this group that has been running since before the
+    /// fault: it alone must apply every event, with no restart, and is
+    /// then stopped as a deployment stops it (SIGINT).
+    Running(&'a str, std::process::Child),
 }
 
 /// [`settle`], with a consumer fault first; also returns how many consumer
@@ -160,7 +164,10 @@ pub(crate) async fn settle_with(
         ConsumerFault::Unparseable(ids) => ids.iter().copied().collect(),
         _ => HashSet::new(),
     };
-    let group = unique("chaos");
+    let group = match &fault {
+        ConsumerFault::Running(group, _) => (*group).to_owned(),
+        _ => unique("chaos"),
+    };
     let expect = distinct.len() - distinct.intersection(&unparseable).count();
     let mut crashed = 0;
     let status = match fault {
@@ -207,6 +214,14 @@ pub(crate) async fn settle_with(
             }
             // Whatever the churn left unapplied, one last member finishes.
             run_consumer(world, &group, expect, None).0
+        }
+        ConsumerFault::Running(_, child) => {
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while effects(world).await.1 < i64::try_from(expect).unwrap_or(i64::MAX) && Instant::now() < give_up {
+                sleep_ms(200).await;
+            }
+            std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+            tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap().status
         }
     };
     let (effects, distinct_effects) = effects(world).await;

@@ -70,7 +70,8 @@ pub(crate) async fn broker_unreachable(seed: u64) -> Outcome {
 
 /// Scenario 15: The only broker SIGKILLed mid-run (whatever it had not yet
 /// written is gone with the process; what it acknowledged is in its log) and
-/// started again on the same log directory, while writers and relays go on.
+/// started again on the same log directory, while writers, relays and a
+/// consumer go on.
 pub(crate) async fn broker_crash(seed: u64) -> Outcome {
     let started = Instant::now();
     let Some(mut broker) = PrivateBroker::start() else {
@@ -80,10 +81,19 @@ pub(crate) async fn broker_crash(seed: u64) -> Outcome {
     };
     let world = world(Some(broker.brokers.clone())).await;
     let _relays = relays(&world, 2);
-    let mut down = Duration::ZERO;
+    // A consumer runs through the crash: it must resume by itself. Its
+    // target is out of reach, so only the checker stops it.
+    let group = unique("chaos");
+    let consumer = spawn_consumer(&world, &group, usize::MAX / 2);
+    let (mut down, mut applied_before) = (Duration::ZERO, 0);
     let done = AtomicBool::new(false);
     let writes = during(load(&world, seed, Load::new(4, 300, 50, 10, Duration::from_millis(10))), &done, async {
         sleep_ms(1500).await;
+        let waiting = Instant::now();
+        while effects_so_far(&world).await == 0 && waiting.elapsed() < Duration::from_secs(15) {
+            sleep_ms(100).await;
+        }
+        applied_before = effects_so_far(&world).await;
         let since = Instant::now();
         broker.crash();
         sleep_ms(2000).await;
@@ -92,9 +102,15 @@ pub(crate) async fn broker_crash(seed: u64) -> Outcome {
         down = since.elapsed();
     })
     .await;
-    let mut o = settle(&world, "broker-crash", seed, started, &writes).await;
-    o.fault_acted = !down.is_zero();
-    o.note = format!("broker SIGKILLed, answering again on the same log after {:.1}s", down.as_secs_f64());
+    let (mut o, _) =
+        settle_with(&world, "broker-crash", seed, started, &writes, ConsumerFault::Running(&group, consumer)).await;
+    o.fault_acted = !down.is_zero() && applied_before > 0;
+    let fault = format!(
+        "broker SIGKILLed, answering again on the same log after {:.1}s; one consumer ran throughout, \
+         {applied_before} events applied before the crash",
+        down.as_secs_f64()
+    );
+    o.note = if o.note.is_empty() { fault } else { format!("{fault}; {}", o.note) };
     drop(broker);
     o
 }
