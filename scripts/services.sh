@@ -71,9 +71,19 @@ start_postgres() {
   mkdir -p /tmp/outbox-pg-sock && { [[ $(id -u) == 0 ]] && chown postgres /tmp/outbox-pg-sock || true; }
   log "starting a private PostgreSQL on port $port ($dir)"
   "${as[@]}" "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
-    -o "-p $port -k /tmp/outbox-pg-sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null || return 1
+    -o "-p $port -k /tmp/outbox-pg-sock -c listen_addresses=127.0.0.1 -c max_connections=300 $(_pg_settings)" start >/dev/null || return 1
   _STARTED_PG_DIR="$dir"; _PG_AS=("${as[@]}"); _PG_BINDIR="$bindir"
   _wait_port 127.0.0.1 "$port" PostgreSQL
+}
+
+# Durability off for tests (OUTBOX_PG_DURABLE=1 keeps PostgreSQL's
+# production defaults instead: fsync, synchronous_commit and
+# full_page_writes on). Logical decoding is on either way, for the
+# Debezium peer and the logical-decoding relay.
+_pg_settings() {
+  local s="-c wal_level=logical -c max_replication_slots=16 -c max_wal_senders=16"
+  [[ "${OUTBOX_PG_DURABLE:-0}" == 1 ]] && echo "$s -c fsync=on -c synchronous_commit=on -c full_page_writes=on" \
+    || echo "$s -c fsync=off"
 }
 
 start_kafka() {
