@@ -46,13 +46,14 @@ pub async fn relays(env: &Env, n: usize, keys: usize, relays: usize, verify: boo
     let elapsed = start.elapsed().as_secs_f64();
     let cpu: f64 = procs.iter().map(RelayProcess::cpu_seconds).sum::<f64>() - cpu_before;
     drop(procs);
-    let order_violations = if verify { Some(order_violations(env, &topic, n + keys)?) } else { None };
+    let order_violations = if verify { Some(order_violations(env, &topic, n + keys, "ce_id")?) } else { None };
     Ok(Drain { events: n, relays, eps: n as f64 / elapsed, peak_rss_mb, cpu_cores: cpu / elapsed, order_violations })
 }
 
 /// Reads the topic back and counts, per key, first occurrences out of
-/// order (the payload's `order_id` grows with commit order per key).
-fn order_violations(env: &Env, topic: &str, n: usize) -> anyhow::Result<usize> {
+/// order (the payload's `order_id` grows with commit order per key); an
+/// event is known by its `id_header` (`ce_id` for the relay).
+pub fn order_violations(env: &Env, topic: &str, n: usize, id_header: &str) -> anyhow::Result<usize> {
     let consumer = crate::env::reader(&env.brokers, topic, &[])?;
     let mut seen = std::collections::HashSet::new();
     let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
@@ -64,7 +65,7 @@ fn order_violations(env: &Env, topic: &str, n: usize) -> anyhow::Result<usize> {
         idle = Instant::now();
         let id = message
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value.map(<[u8]>::to_vec)));
+            .and_then(|h| h.iter().find(|h| h.key == id_header).and_then(|h| h.value.map(<[u8]>::to_vec)));
         if !seen.insert(id) {
             continue;
         }

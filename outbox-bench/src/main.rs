@@ -2,6 +2,7 @@
 //! the physical references (raw producer, raw inserts) measured in the same
 //! run, so the ratios hold on a noisy machine. Run it with `./scripts/bench`.
 
+mod debezium;
 mod drain;
 mod env;
 mod floor;
@@ -74,6 +75,8 @@ enum Scenario {
     S5,
     S6,
     S7,
+    /// Debezium's drain (S2 for the peer), both outbox-table variants.
+    D2,
 }
 
 struct Sizes {
@@ -188,6 +191,36 @@ async fn main() -> anyhow::Result<()> {
         results.insert("s2".into(), serde_json::to_value(d)?);
         one = Some(d);
     }
+    let mut debezium_eps = None;
+    if wants(Scenario::D2) {
+        match debezium::home() {
+            None => rows.push((
+                "D2 Debezium drain".into(),
+                "not run: DEBEZIUM_HOME unset or incomplete (./scripts/bench installs Debezium)".into(),
+            )),
+            Some(home) => {
+                let mut runs = serde_json::Map::new();
+                for variant in [debezium::Variant::Keep, debezium::Variant::InsertDelete] {
+                    let (d, started) = debezium::drain(&env, &home, backlog, keys, variant).await?;
+                    let vs = one.map_or(String::new(), |o| format!("; ours is {:.2}x", o.eps / d.eps));
+                    rows.push((
+                        format!("D2 Debezium drain ({variant:?})"),
+                        format!(
+                            "{:.0} events/s ({} events, from the worker's start; its task ran after {started:.1} s){vs}; peak RSS {:.1} MiB, {:.2} cores; order violations {}",
+                            d.eps,
+                            d.events,
+                            d.peak_rss_mb,
+                            d.cpu_cores,
+                            d.order_violations.unwrap_or(0)
+                        ),
+                    ));
+                    debezium_eps = Some(debezium_eps.map_or(d.eps, |v: f64| v.max(d.eps)));
+                    runs.insert(format!("{variant:?}"), json!({ "drain": d, "task_running_s": started }));
+                }
+                results.insert("d2".into(), serde_json::Value::Object(runs));
+            }
+        }
+    }
     let mut two_ratio = None;
     if wants(Scenario::S4) {
         let d = drain::relays(&env, backlog, keys, 2, true).await?;
@@ -281,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let f = |v: Option<f64>, prec: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.prec$}"));
     println!(
-        "bench: drain_eps={} producer_eps={} drain_ratio={} write_overhead_pct={} e2e_p50_ms={} e2e_p99_ms={} two_relay_ratio={} inbox_eps={} inbox_ratio={} relay_rss_mb={}",
+        "bench: drain_eps={} producer_eps={} drain_ratio={} write_overhead_pct={} e2e_p50_ms={} e2e_p99_ms={} two_relay_ratio={} inbox_eps={} inbox_ratio={} relay_rss_mb={} drain_vs_debezium={}",
         f(one.map(|d| d.eps), 0),
         f(k, 0),
         f(one.zip(k).map(|(d, k)| d.eps / k), 2),
@@ -292,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
         f(inbox_eps, 0),
         f(inbox_eps.zip(p).map(|(i, p)| i / p), 2),
         f(one.map(|d| d.peak_rss_mb), 1),
+        f(one.zip(debezium_eps).map(|(d, v)| d.eps / v), 2),
     );
     if let Some(path) = &args.json {
         results.insert("machine".into(), json!({ "cores": cores, "fdatasync_per_s": fsync }));

@@ -1,0 +1,303 @@
+//! The peer: Debezium's PostgreSQL connector with its Outbox Event Router in
+//! a Kafka Connect standalone worker (installed by `scripts/debezium`), run
+//! on the same PostgreSQL and Kafka as the relay, with the same payloads,
+//! keys and partitions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::drain::Drain;
+use crate::env::{key, payload, proc_cpu_seconds, proc_peak_rss_mb, Env};
+
+const WORKER: &str = include_str!("../../scripts/debezium/worker.properties");
+const CONNECTOR: &str = include_str!("../../scripts/debezium/connector.properties");
+const LOG4J: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/debezium/log4j2.xml");
+
+/// How writers use Debezium's outbox table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Variant {
+    /// The row stays (a job deletes old rows later).
+    Keep,
+    /// The row is inserted and deleted in the same transaction: only the
+    /// write-ahead log carries the event.
+    InsertDelete,
+}
+
+/// Where Debezium's jars are: `DEBEZIUM_HOME`, set by `./scripts/bench`
+/// after `install_debezium`.
+pub fn home() -> Option<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("DEBEZIUM_HOME")?);
+    home.join(".complete").exists().then_some(home)
+}
+
+/// A running Connect worker with one connector.
+pub struct Worker {
+    child: Child,
+    rest_port: u16,
+    name: String,
+}
+
+impl Worker {
+    /// Starts a worker in `dir` (offsets kept there) for `schema.outbox`.
+    pub fn start(env: &Env, home: &Path, dir: &Path, name: &str, schema: &str) -> anyhow::Result<Worker> {
+        std::fs::create_dir_all(dir)?;
+        let url = url_parts(&env.database_url)?;
+        let rest_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let worker = WORKER
+            .replace("@BROKERS@", &env.brokers)
+            .replace("@REST_PORT@", &rest_port.to_string())
+            .replace("@PLUGINS@", &home.join("plugins").display().to_string())
+            .replace("@DIR@", &dir.display().to_string());
+        let connector = CONNECTOR
+            .replace("@NAME@", name)
+            .replace("@SCHEMA@", schema)
+            .replace("@DB_HOST@", &url.host)
+            .replace("@DB_PORT@", &url.port)
+            .replace("@DB_USER@", &url.user)
+            .replace("@DB_PASSWORD@", &url.password)
+            .replace("@DB_NAME@", &url.dbname);
+        std::fs::write(dir.join("worker.properties"), worker)?;
+        // It holds the database password: readable by this user only.
+        let mut file = std::fs::OpenOptions::new();
+        std::os::unix::fs::OpenOptionsExt::mode(file.write(true).create(true).truncate(true), 0o600);
+        std::io::Write::write_all(&mut file.open(dir.join("connector.properties"))?, connector.as_bytes())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("connect.log"))?;
+        let child = Command::new("java")
+            .args(["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:ParallelGCThreads=2"])
+            .args(["-XX:ConcGCThreads=1", "-XX:CICompilerCount=2", "-Djava.awt.headless=true"])
+            .arg(format!("-Dlog4j2.configurationFile={LOG4J}"))
+            .arg("-cp")
+            .arg(format!("{}/*", home.join("connect").display()))
+            .arg("org.apache.kafka.connect.cli.ConnectStandalone")
+            .arg(dir.join("worker.properties"))
+            .arg(dir.join("connector.properties"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start java (Kafka Connect)")?;
+        Ok(Worker { child, rest_port, name: name.to_owned() })
+    }
+
+    /// Waits until the connector's task runs (it has its slot and
+    /// publication then).
+    pub async fn running(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("the Connect worker exited ({status}) before its connector ran");
+            }
+            let body = self.status().await.unwrap_or_default();
+            if body.contains(r#""tasks":[{"id":0,"state":"RUNNING""#) {
+                return Ok(());
+            }
+            anyhow::ensure!(!body.contains(r#""state":"FAILED""#), "Debezium's connector failed: {body}");
+            anyhow::ensure!(start.elapsed() < limit, "Debezium's connector did not run within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn status(&self) -> anyhow::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.rest_port)).await?;
+        let request = format!("GET /connectors/{}/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", self.name);
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response)
+    }
+
+    pub fn peak_rss_mb(&self) -> f64 {
+        proc_peak_rss_mb(self.child.id())
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.child.id())
+    }
+
+    /// Stops the worker as an operator does (SIGTERM: offsets are flushed).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let start = Instant::now();
+        while self.child.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct UrlParts {
+    host: String,
+    port: String,
+    user: String,
+    password: String,
+    dbname: String,
+}
+
+fn url_parts(url: &str) -> anyhow::Result<UrlParts> {
+    let options = outbox_core::pg_connect_options(url)?;
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(auth, _)| auth.split_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
+    Ok(UrlParts {
+        host: options.get_host().to_owned(),
+        port: options.get_port().to_string(),
+        user: options.get_username().to_owned(),
+        password,
+        dbname: options.get_database().unwrap_or("postgres").to_owned(),
+    })
+}
+
+/// A fresh schema with the outbox table Debezium's documentation describes.
+async fn table(env: &Env, schema: &str) -> anyhow::Result<()> {
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+         CREATE TABLE {schema}.outbox (id uuid PRIMARY KEY, aggregatetype varchar(255) NOT NULL, \
+         aggregateid varchar(255) NOT NULL, type varchar(255) NOT NULL, payload jsonb)"
+    ))
+    .execute(&env.pool)
+    .await?;
+    Ok(())
+}
+
+/// Inserts events `from..to` into Debezium's table in one transaction, 1,000
+/// rows per statement: the same payloads and keys as the relay's backlog.
+async fn backlog(
+    env: &Env,
+    schema: &str,
+    topic: &str,
+    from: usize,
+    to: usize,
+    keys: usize,
+    variant: Variant,
+) -> anyhow::Result<()> {
+    let mut tx = env.pool.begin().await?;
+    let insert = format!(
+        "INSERT INTO {schema}.outbox (id, aggregatetype, aggregateid, type, payload) \
+         SELECT unnest($1::uuid[]), $2, unnest($3::text[]), 'bench.event', unnest($4::jsonb[])"
+    );
+    let mut i = from;
+    while i < to {
+        let end = (i + 1000).min(to);
+        let ids: Vec<uuid::Uuid> = (i..end).map(|_| uuid::Uuid::now_v7()).collect();
+        let keys_: Vec<String> = (i..end).map(|j| key(j, keys)).collect();
+        let payloads: Vec<serde_json::Value> = (i..end).map(payload).collect();
+        sqlx::query(&insert).bind(&ids).bind(topic).bind(&keys_).bind(&payloads).execute(&mut *tx).await?;
+        if variant == Variant::InsertDelete {
+            sqlx::query(&format!("DELETE FROM {schema}.outbox WHERE id = ANY($1)"))
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        i = end;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records in `topic` (the sum of its partitions' high watermarks).
+fn records(env: &Env, topic: &str) -> anyhow::Result<i64> {
+    let consumer = crate::env::reader(&env.brokers, topic, &[])?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut total = 0;
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, i32::try_from(p)?, Duration::from_secs(10))?;
+        total += high;
+    }
+    Ok(total)
+}
+
+async fn wait_records(env: &Env, topic: &str, n: i64, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while records(env, topic)? < n {
+        anyhow::ensure!(start.elapsed() < limit, "{topic}: fewer than {n} records within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Removes what the connector left in PostgreSQL: a replication slot
+/// retains the write-ahead log for as long as it exists.
+async fn drop_slot(env: &Env, name: &str) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(name)
+        .execute(&env.pool)
+        .await?;
+    sqlx::raw_sql(&format!("DROP PUBLICATION IF EXISTS {name}")).execute(&env.pool).await?;
+    Ok(())
+}
+
+/// S2 for Debezium: the connector is started and warmed (its slot exists,
+/// one event per key routed), stopped; the backlog commits while it is
+/// stopped; the clock runs from the worker's start until every event is in
+/// the topic. Also returns the seconds from start until the task ran.
+pub async fn drain(env: &Env, home: &Path, n: usize, keys: usize, variant: Variant) -> anyhow::Result<(Drain, f64)> {
+    let tag = match variant {
+        Variant::Keep => "keep",
+        Variant::InsertDelete => "delete",
+    };
+    let name = format!("bench_dbz_{tag}");
+    let schema = name.clone();
+    drop_slot(env, &name).await?;
+    table(env, &schema).await?;
+    let topic = env.topic(&format!("dbz-{tag}"), 6).await?;
+    let dir = std::env::temp_dir().join(format!("outbox-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = async {
+        let mut worker = Worker::start(env, home, &dir, &name, &schema)?;
+        worker.running(Duration::from_secs(120)).await?;
+        backlog(env, &schema, &topic, 0, keys, keys, variant).await?;
+        wait_records(env, &topic, keys as i64, Duration::from_secs(120)).await?;
+        worker.stop()?;
+        backlog(env, &schema, &topic, keys, keys + n, keys, variant).await?;
+        let start = Instant::now();
+        let mut worker = Worker::start(env, home, &dir, &name, &schema)?;
+        worker.running(Duration::from_secs(120)).await?;
+        let started = start.elapsed().as_secs_f64();
+        let total = (keys + n) as i64;
+        let mut peak_rss_mb: f64 = 0.0;
+        while records(env, &topic)? < total {
+            peak_rss_mb = peak_rss_mb.max(worker.peak_rss_mb());
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(900), "Debezium did not drain in 15 minutes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        peak_rss_mb = peak_rss_mb.max(worker.peak_rss_mb());
+        let cpu = worker.cpu_seconds();
+        worker.stop()?;
+        let order_violations = crate::drain::order_violations(env, &topic, n + keys, "id")?;
+        let drain = Drain {
+            events: n,
+            relays: 1,
+            eps: n as f64 / elapsed,
+            peak_rss_mb,
+            cpu_cores: cpu / elapsed,
+            order_violations: Some(order_violations),
+        };
+        anyhow::Ok((drain, started))
+    }
+    .await;
+    drop_slot(env, &name).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
