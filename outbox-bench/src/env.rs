@@ -46,10 +46,16 @@ impl Env {
 
     /// A new topic with `partitions` partitions.
     pub async fn topic(&self, name: &str, partitions: i32) -> anyhow::Result<String> {
+        self.topic_with(name, partitions, &[]).await
+    }
+
+    /// A new topic with `partitions` partitions and topic `config`.
+    pub async fn topic_with(&self, name: &str, partitions: i32, config: &[(&str, &str)]) -> anyhow::Result<String> {
         let topic = format!("bench-{name}-{}", uuid::Uuid::now_v7().simple());
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.brokers).create()?;
-        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        let new =
+            config.iter().fold(NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics(&[new], &options).await? {
             result.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;

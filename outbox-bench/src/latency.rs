@@ -22,6 +22,10 @@ use crate::env::{key, payload, percentile, Env};
 /// When each event (by id) was seen.
 pub type Clock = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// When the broker appended each event (by id): its `LogAppendTime`
+/// timestamp, in ms since the epoch.
+pub type Appended = Arc<Mutex<HashMap<String, i64>>>;
+
 /// Percentiles of one latency, in ms.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Spread {
@@ -35,18 +39,23 @@ pub struct Spread {
 impl Spread {
     /// Per event seen in `from`, the time until it was seen in `to`.
     pub fn of(what: &str, from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> anyhow::Result<Spread> {
-        let mut ms: Vec<f64> = from
+        let ms: Vec<f64> = from
             .iter()
             .filter_map(|(id, a)| to.get(id).map(|b| b.saturating_duration_since(*a).as_secs_f64() * 1000.0))
             .collect();
         anyhow::ensure!(ms.len() == from.len(), "{what}: {} of {} events seen", ms.len(), from.len());
+        Ok(Spread::from_ms(ms))
+    }
+
+    /// The percentiles of `ms`.
+    pub fn from_ms(mut ms: Vec<f64>) -> Spread {
         ms.sort_by(f64::total_cmp);
-        Ok(Spread {
+        Spread {
             p50_ms: percentile(&ms, 50.0),
             p99_ms: percentile(&ms, 99.0),
             max_ms: ms.last().copied().unwrap_or_default(),
             sorted_ms: ms,
-        })
+        }
     }
 }
 
@@ -59,8 +68,36 @@ pub struct Latency {
     pub sent: Spread,
     /// Commit → broker confirmation (as the relay receives it).
     pub confirm: Spread,
+    /// Commit → the broker's append (the record's `LogAppendTime`, ms
+    /// resolution): measured alike for the relay and for Debezium.
+    pub appended: Spread,
     /// Commit → receipt by a consumer.
     pub receipt: Spread,
+}
+
+/// Per event committed at an `Instant`, the time until the broker appended
+/// it by its wall clock; `anchor` is one moment on both clocks.
+pub fn append_spread(
+    committed: &HashMap<String, Instant>,
+    appended: &HashMap<String, i64>,
+    anchor: (Instant, std::time::SystemTime),
+) -> anyhow::Result<Spread> {
+    let anchor_ms = anchor.1.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64() * 1000.0;
+    let mut ms = Vec::with_capacity(committed.len());
+    for (id, at) in committed {
+        let Some(&append) = appended.get(id) else { continue };
+        // Every commit is after the anchor.
+        let commit_ms = anchor_ms + at.saturating_duration_since(anchor.0).as_secs_f64() * 1000.0;
+        // The broker's timestamp is truncated to the ms: never before the commit.
+        ms.push((append as f64 - commit_ms).max(0.0));
+    }
+    anyhow::ensure!(
+        ms.len() == committed.len(),
+        "commit → broker append: {} of {} events seen",
+        ms.len(),
+        committed.len()
+    );
+    Ok(Spread::from_ms(ms))
 }
 
 /// The Kafka publisher, noting when each event was handed to it and when
@@ -144,41 +181,28 @@ pub async fn steady(
     let (config, _) = env.outbox("latency").await?;
     let config = config.with_notify(notify);
     let outbox = outbox_core::Outbox::new(config.clone());
-    let topic = env.topic("latency", 6).await?;
+    let topic = env.topic_with("latency", 6, &[("message.timestamp.type", "LogAppendTime")]).await?;
     let committed: Clock = Arc::default();
+    let appended: Appended = Arc::default();
     let handed: Clock = Arc::default();
     let confirmed: Clock = Arc::default();
     let received: Clock = Arc::default();
     let shutdown = CancellationToken::new();
     let relay = relay_thread(env, config, handed.clone(), confirmed.clone(), relay.clone(), shutdown.clone());
-    let reader = spawn_reader(env, &topic, &received, duration + Duration::from_secs(10));
+    let reader = spawn_reader(env, &topic, "ce_id", &received, Some(&appended), duration + Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await; // relay joined, reader assigned
-    let start = Instant::now();
-    let mut sent = 0usize;
-    let mut writers = tokio::task::JoinSet::new();
-    while start.elapsed() < duration {
-        let due = (start.elapsed().as_secs_f64() * rate) as usize;
-        while sent < due {
-            let (pool, outbox, committed, topic) = (env.pool.clone(), outbox.clone(), committed.clone(), topic.clone());
-            let i = sent;
-            writers.spawn(async move {
-                let m = Message::json(&topic, "bench.event", &payload(i))?.with_key(key(i, 10_000));
-                let mut tx = pool.begin().await?;
-                outbox.enqueue(&mut *tx, &m).await?;
-                tx.commit().await?;
-                committed.lock().unwrap_or_else(|e| e.into_inner()).insert(m.id().to_string(), Instant::now());
-                Ok::<_, anyhow::Error>(())
-            });
-            sent += 1;
+    let anchor = (Instant::now(), std::time::SystemTime::now());
+    paced(rate, duration, &committed, |i| {
+        let (pool, outbox, topic) = (env.pool.clone(), outbox.clone(), topic.clone());
+        async move {
+            let m = Message::json(&topic, "bench.event", &payload(i))?.with_key(key(i, 10_000));
+            let mut tx = pool.begin().await?;
+            outbox.enqueue(&mut *tx, &m).await?;
+            tx.commit().await?;
+            Ok(m.id().to_string())
         }
-        while writers.len() > 64 {
-            writers.join_next().await;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    while let Some(r) = writers.join_next().await {
-        r??;
-    }
+    })
+    .await?;
     let written = committed.lock().unwrap_or_else(|e| e.into_inner()).len();
     reader.finish(written)?;
     shutdown.cancel();
@@ -187,13 +211,50 @@ pub async fn steady(
     let handed = handed.lock().unwrap_or_else(|e| e.into_inner());
     let confirmed = confirmed.lock().unwrap_or_else(|e| e.into_inner());
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
+    let appended = appended.lock().unwrap_or_else(|e| e.into_inner());
     Ok(Latency {
         rate,
         events: committed.len(),
         sent: Spread::of("commit → sent", &committed, &handed)?,
         confirm: Spread::of("commit → confirmation", &committed, &confirmed)?,
+        appended: append_spread(&committed, &appended, anchor)?,
         receipt: Spread::of("commit → consumer receipt", &committed, &received)?,
     })
+}
+
+/// Runs `write(i)` for events 0, 1, … at `rate` per second for `duration`,
+/// each in its own task (at most 64 waiting), and notes in `committed` when
+/// each one's transaction committed, by the id `write` returns.
+pub async fn paced<F, Fut>(rate: f64, duration: Duration, committed: &Clock, mut write: F) -> anyhow::Result<()>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>> + Send + 'static,
+{
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut writers = tokio::task::JoinSet::new();
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due {
+            let (write, committed) = (write(sent), committed.clone());
+            writers.spawn(async move {
+                let id = write.await?;
+                committed.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Instant::now());
+                Ok::<_, anyhow::Error>(())
+            });
+            sent += 1;
+        }
+        while writers.len() > 64 {
+            if let Some(r) = writers.join_next().await {
+                r??;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while let Some(r) = writers.join_next().await {
+        r??;
+    }
+    Ok(())
 }
 
 /// A consumer on its own thread recording receipts (see [`read`]).
@@ -212,20 +273,32 @@ impl Reader {
 }
 
 /// Runs [`read`] on its own thread, for at most `until`.
-pub fn spawn_reader(env: &Env, topic: &str, received: &Clock, until: Duration) -> Reader {
-    let (brokers, topic, received) = (env.brokers.clone(), topic.to_owned(), received.clone());
+pub fn spawn_reader(
+    env: &Env,
+    topic: &str,
+    id_header: &'static str,
+    received: &Clock,
+    appended: Option<&Appended>,
+    until: Duration,
+) -> Reader {
+    let (brokers, topic, received, appended) =
+        (env.brokers.clone(), topic.to_owned(), received.clone(), appended.cloned());
     let expected = Arc::new(AtomicUsize::new(usize::MAX));
     let wanted = Arc::clone(&expected);
-    let thread = std::thread::spawn(move || read(&brokers, &topic, &received, until, &wanted));
+    let thread =
+        std::thread::spawn(move || read(&brokers, &topic, id_header, &received, appended.as_deref(), until, &wanted));
     Reader { thread, expected }
 }
 
-/// Records when each event (by `ce_id`) is first received from `topic`,
-/// until `expected` events were or `until` has passed.
+/// Records when each event (by its `id_header`) is first received from
+/// `topic`, and with `appended` the broker's append time of topics that
+/// keep it, until `expected` events were or `until` has passed.
 pub fn read(
     brokers: &str,
     topic: &str,
+    id_header: &str,
     received: &Mutex<HashMap<String, Instant>>,
+    appended: Option<&Mutex<HashMap<String, i64>>>,
     until: Duration,
     expected: &AtomicUsize,
 ) -> anyhow::Result<()> {
@@ -235,12 +308,12 @@ pub fn read(
         if let Some(m) = consumer.poll(Duration::from_millis(50)) {
             let m = m?;
             let now = Instant::now();
-            if let Some(id) = m.headers().and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value)) {
-                received
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(String::from_utf8_lossy(id).into_owned())
-                    .or_insert(now);
+            if let Some(id) = m.headers().and_then(|h| h.iter().find(|h| h.key == id_header).and_then(|h| h.value)) {
+                let id = String::from_utf8_lossy(id).into_owned();
+                if let (Some(appended), rdkafka::Timestamp::LogAppendTime(ms)) = (appended, m.timestamp()) {
+                    appended.lock().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_insert(ms);
+                }
+                received.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_insert(now);
             }
         }
         if received.lock().unwrap_or_else(|e| e.into_inner()).len() >= expected.load(Ordering::SeqCst) {

@@ -4,6 +4,7 @@
 
 mod debezium;
 mod drain;
+mod durability;
 mod env;
 mod floor;
 mod inbox;
@@ -54,6 +55,11 @@ struct Args {
     /// events; the relay's default unless given).
     #[arg(long, value_parser = humantime::parse_duration)]
     s3_busy_poll_interval: Option<Duration>,
+    /// Measure even when PostgreSQL does not run with production
+    /// durability (fsync, synchronous_commit, full_page_writes on); the
+    /// output says so beside the figures.
+    #[arg(long)]
+    allow_non_durable: bool,
     /// Write S3's latency distribution as an SVG plot to this file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -77,6 +83,8 @@ enum Scenario {
     S7,
     /// Debezium's drain (S2 for the peer), both outbox-table variants.
     D2,
+    /// Debezium's latency at 1,000 events/s (S3 for the peer).
+    D3,
 }
 
 struct Sizes {
@@ -122,6 +130,21 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let fsync = env::fsync_per_second();
     eprintln!("machine: {cores} cores, {fsync:.0} fdatasync/s; mode {:?}, backlog {backlog}", args.mode);
+    let durability = durability::Durability::read(&env).await?;
+    anyhow::ensure!(
+        durability.production() || args.allow_non_durable,
+        "PostgreSQL runs with {}: the benchmark's figures are for production durability (fsync, synchronous_commit \
+         and full_page_writes on). ./scripts/bench starts a private server so when none answers at DATABASE_URL: \
+         stop the one running (e.g. a test run's), or pass --allow-non-durable to measure anyway (labelled).",
+        durability.describe()
+    );
+    let settings = if durability.production() {
+        durability.describe()
+    } else {
+        format!("NOT DURABLE (--allow-non-durable): {}", durability.describe())
+    };
+    eprintln!("settings: {settings}");
+    results.insert("durability".into(), serde_json::to_value(&durability)?);
 
     let (mut k, mut k_headers, mut p) = (None, None, None);
     if wants(Scenario::S0) || wants(Scenario::S2) || wants(Scenario::S5) {
@@ -163,8 +186,15 @@ async fn main() -> anyhow::Result<()> {
         rows.push((
             "S1 write path, 16 writers".into(),
             format!(
-                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 +{:.2} ms, p99 +{:.2} ms; control, a second order row instead: {:.0} tx/s, {:.1} % slower; event + NOTIFY (--wakeup notify): {:.0} tx/s, {:.1} % slower",
-                w.plain.tps, w.plain.p50_ms, w.with_outbox.tps, w.with_outbox.p50_ms, w.overhead_pct, w.p50_added_ms, w.p99_added_ms, w.second_row.tps, w.second_row_pct, w.with_notify.tps, w.notify_pct
+                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 +{:.2} ms, p99 +{:.2} ms; C, a plain row shaped like an outbox row instead: {:.0} tx/s, {:.1} % slower (the outbox loses {:.2}x what C does); event + NOTIFY (--wakeup notify): {:.0} tx/s, {:.1} % slower",
+                w.plain.tps, w.plain.p50_ms, w.with_outbox.tps, w.with_outbox.p50_ms, w.overhead_pct, w.p50_added_ms, w.p99_added_ms, w.control.tps, w.control_pct, w.vs_control, w.with_notify.tps, w.notify_pct
+            ),
+        ));
+        rows.push((
+            "S1 Debezium's outbox table, 16 writers".into(),
+            format!(
+                "row kept: {:.0} tx/s (p50 {:.2} ms), {:.1} % slower than plain; inserted + deleted: {:.0} tx/s (p50 {:.2} ms), {:.1} % slower",
+                w.debezium_keep.tps, w.debezium_keep.p50_ms, w.debezium_keep_pct, w.debezium_delete.tps, w.debezium_delete.p50_ms, w.debezium_delete_pct
             ),
         ));
         write_overhead = Some(w);
@@ -191,9 +221,10 @@ async fn main() -> anyhow::Result<()> {
         results.insert("s2".into(), serde_json::to_value(d)?);
         one = Some(d);
     }
-    let mut debezium_eps = None;
+    let debezium_home = debezium::home();
+    let (mut debezium_eps, mut debezium_rss, mut debezium_variant) = (None, None, debezium::Variant::InsertDelete);
     if wants(Scenario::D2) {
-        match debezium::home() {
+        match &debezium_home {
             None => rows.push((
                 "D2 Debezium drain".into(),
                 "not run: DEBEZIUM_HOME unset or incomplete (./scripts/bench installs Debezium)".into(),
@@ -201,20 +232,24 @@ async fn main() -> anyhow::Result<()> {
             Some(home) => {
                 let mut runs = serde_json::Map::new();
                 for variant in [debezium::Variant::Keep, debezium::Variant::InsertDelete] {
-                    let (d, started) = debezium::drain(&env, &home, backlog, keys, variant).await?;
+                    let (d, started) = debezium::drain(&env, home, backlog, keys, variant).await?;
                     let vs = one.map_or(String::new(), |o| format!("; ours is {:.2}x", o.eps / d.eps));
                     rows.push((
                         format!("D2 Debezium drain ({variant:?})"),
                         format!(
-                            "{:.0} events/s ({} events, from the worker's start; its task ran after {started:.1} s){vs}; peak RSS {:.1} MiB, {:.2} cores; order violations {}",
+                            "{:.0} events/s ({} events, from the worker's start; its task ran after {started:.1} s){vs}; peak RSS {:.1} MiB, {:.2} cores = {:.2} cores per 10k events/s; order violations {}",
                             d.eps,
                             d.events,
                             d.peak_rss_mb,
                             d.cpu_cores,
+                            d.cpu_cores / (d.eps / 10_000.0),
                             d.order_violations.unwrap_or(0)
                         ),
                     ));
-                    debezium_eps = Some(debezium_eps.map_or(d.eps, |v: f64| v.max(d.eps)));
+                    if debezium_eps.is_none_or(|v| d.eps > v) {
+                        (debezium_eps, debezium_variant) = (Some(d.eps), variant);
+                    }
+                    debezium_rss = Some(debezium_rss.map_or(d.peak_rss_mb, |v: f64| v.max(d.peak_rss_mb)));
                     runs.insert(format!("{variant:?}"), json!({ "drain": d, "task_running_s": started }));
                 }
                 results.insert("d2".into(), serde_json::Value::Object(runs));
@@ -274,18 +309,34 @@ async fn main() -> anyhow::Result<()> {
         let (name, value) = latency_row(&woken);
         rows.push((format!("{name} with --wakeup notify"), value));
         results.insert("s3".into(), json!({ "floor": floor, "steady": &l, "half_max": half, "notify": woken }));
-        if let Some(path) = &args.plot {
-            let title = format!(
-                "Commit → broker confirmation at {:.0} events/s: p50 {:.1} ms, p99 {:.1} ms",
-                l.rate, l.confirm.p50_ms, l.confirm.p99_ms
-            );
-            let series: [(&str, &[f64]); 2] = [
-                ("handed to the producer (poll wait, claim)", &l.sent.sorted_ms),
-                ("confirmed by the broker", &l.confirm.sorted_ms),
-            ];
-            std::fs::write(path, plot::latency_cdf_svg(&series, &title))?;
-        }
         lat = Some(l);
+    }
+    let mut peer_lat = None;
+    if wants(Scenario::D3) {
+        if let Some(home) = &debezium_home {
+            let d = debezium::steady(&env, home, 1000.0, sizes.seconds, debezium_variant).await?;
+            rows.push((
+                format!("D3 Debezium latency @ {:.0}/s ({debezium_variant:?})", d.rate),
+                format!(
+                    "commit → broker append p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; commit → consumer receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events); the Connect worker's CPU {:.2} cores",
+                    d.appended.p50_ms, d.appended.p99_ms, d.appended.max_ms, d.receipt.p50_ms, d.receipt.p99_ms, d.receipt.max_ms, d.events, d.cpu_cores
+                ),
+            ));
+            results.insert("d3".into(), serde_json::to_value(&d)?);
+            peer_lat = Some(d);
+        }
+    }
+    if let (Some(path), Some(l)) = (&args.plot, &lat) {
+        let title = format!("Commit → consumer receipt at {:.0} events/s, the relay and Debezium", l.rate);
+        let mut series: Vec<(&str, &[f64])> = vec![
+            ("relay: commit → broker confirmation", &l.confirm.sorted_ms),
+            ("relay: commit → consumer receipt", &l.receipt.sorted_ms),
+        ];
+        if let Some(d) = &peer_lat {
+            series.push(("Debezium: commit → broker append", &d.appended.sorted_ms));
+            series.push(("Debezium: commit → consumer receipt", &d.receipt.sorted_ms));
+        }
+        std::fs::write(path, plot::latency_cdf_svg(&series, &title))?;
     }
     let mut inbox_eps = None;
     if wants(Scenario::S5) {
@@ -309,12 +360,14 @@ async fn main() -> anyhow::Result<()> {
 
     println!("| scenario | result |\n|---|---|");
     println!("| machine | {cores} cores, {fsync:.0} fdatasync/s (temp dir) |");
+    println!("| settings | {settings} |");
     for (name, value) in &rows {
         println!("| {name} | {value} |");
     }
     let f = |v: Option<f64>, prec: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.prec$}"));
     println!(
-        "bench: drain_eps={} producer_eps={} drain_ratio={} write_overhead_pct={} e2e_p50_ms={} e2e_p99_ms={} two_relay_ratio={} inbox_eps={} inbox_ratio={} relay_rss_mb={} drain_vs_debezium={}",
+        "bench: drain_eps={} producer_eps={} drain_ratio={} write_overhead_pct={} e2e_p50_ms={} e2e_p99_ms={} two_relay_ratio={} inbox_eps={} inbox_ratio={} relay_rss_mb={} \
+         drain_vs_debezium={} drain_ratio_ce={} p99_vs_debezium={} write_overhead_vs_control={} rss_vs_debezium={} debezium_drain_eps={} debezium_e2e_p99_ms={} debezium_rss_mb={} durable={}",
         f(one.map(|d| d.eps), 0),
         f(k, 0),
         f(one.zip(k).map(|(d, k)| d.eps / k), 2),
@@ -326,6 +379,15 @@ async fn main() -> anyhow::Result<()> {
         f(inbox_eps.zip(p).map(|(i, p)| i / p), 2),
         f(one.map(|d| d.peak_rss_mb), 1),
         f(one.zip(debezium_eps).map(|(d, v)| d.eps / v), 2),
+        f(one.zip(k_headers).map(|(d, h)| d.eps / h), 2),
+        // Like with like: commit → consumer receipt, the same consumer.
+        f(lat.as_ref().zip(peer_lat.as_ref()).map(|(l, d)| l.receipt.p99_ms / d.receipt.p99_ms), 3),
+        f(write_overhead.map(|w| w.vs_control), 2),
+        f(one.zip(debezium_rss).map(|(d, r)| d.peak_rss_mb / r), 3),
+        f(debezium_eps, 0),
+        f(peer_lat.as_ref().map(|d| d.receipt.p99_ms), 1),
+        f(debezium_rss, 1),
+        durability.production(),
     );
     if let Some(path) = &args.json {
         results.insert("machine".into(), json!({ "cores": cores, "fdatasync_per_s": fsync }));
@@ -339,8 +401,8 @@ fn latency_row(l: &latency::Latency) -> (String, String) {
     (
         format!("S3 latency @ {:.0}/s", l.rate),
         format!(
-            "commit → confirmation p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (of which commit → sent p50 {:.1}, p99 {:.1} ms); commit → consumer receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)",
-            l.confirm.p50_ms, l.confirm.p99_ms, l.confirm.max_ms, l.sent.p50_ms, l.sent.p99_ms, l.receipt.p50_ms, l.receipt.p99_ms, l.receipt.max_ms, l.events
+            "commit → confirmation p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (of which commit → sent p50 {:.1}, p99 {:.1} ms); commit → broker append p50 {:.1} ms, p99 {:.1} ms; commit → consumer receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)",
+            l.confirm.p50_ms, l.confirm.p99_ms, l.confirm.max_ms, l.sent.p50_ms, l.sent.p99_ms, l.appended.p50_ms, l.appended.p99_ms, l.receipt.p50_ms, l.receipt.p99_ms, l.receipt.max_ms, l.events
         ),
     )
 }

@@ -142,7 +142,7 @@ pub async fn raw_latency(env: &Env, rate: f64, duration: Duration) -> anyhow::Re
     let topic = env.topic("rawlat", 6).await?;
     let producer = env.warm_producer(&topic, &[("linger.ms", "0")]).await?;
     let received: crate::latency::Clock = Default::default();
-    let reader = crate::latency::spawn_reader(env, &topic, &received, duration + Duration::from_secs(8));
+    let reader = crate::latency::spawn_reader(env, &topic, "ce_id", &received, None, duration + Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(2)).await; // reader assigned
     let start = Instant::now();
     let mut sent = 0usize;

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 /// Colours of the curves, in the order given.
-const COLOURS: [&str; 3] = ["#1f77b4", "#ff7f0e", "#2ca02c"];
+const COLOURS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
 
 /// Renders the CDF of each named series (values ascending) as an SVG
 /// document, with a legend; the axis spans the largest value of any.

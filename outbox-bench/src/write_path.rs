@@ -1,11 +1,16 @@
 //! S1: what an outbox row costs the writer. The same business transaction
 //! (insert one order row) with and without one enqueued event, 16
-//! concurrent writers, alternated so both see the same machine.
+//! concurrent writers, alternated so every variant sees the same machine.
+//! The references: C, the control, a second plain row shaped like an
+//! outbox row (same columns, values and indexes: what any such row costs);
+//! and the peer, a row in Debezium's outbox table, kept or deleted in the
+//! same transaction.
 
 use std::time::{Duration, Instant};
 
 use outbox_core::{Message, Outbox};
 
+use crate::debezium::{self, Variant};
 use crate::env::{key, payload, percentile, Env};
 
 /// Throughput and latency of one variant.
@@ -24,10 +29,17 @@ pub struct WritePath {
     pub overhead_pct: f64,
     pub p50_added_ms: f64,
     pub p99_added_ms: f64,
-    /// Control: the same transaction with a second order row instead of an
-    /// event (what any extra statement costs on this machine).
-    pub second_row: WriteRun,
-    pub second_row_pct: f64,
+    /// C, the control: the same transaction with a second plain row shaped
+    /// like an outbox row (same columns and indexes) instead of an event.
+    pub control: WriteRun,
+    pub control_pct: f64,
+    /// The outbox's throughput loss ÷ the control's.
+    pub vs_control: f64,
+    /// Debezium's outbox table: the row kept, and inserted + deleted.
+    pub debezium_keep: WriteRun,
+    pub debezium_keep_pct: f64,
+    pub debezium_delete: WriteRun,
+    pub debezium_delete_pct: f64,
     /// With one event and a wake-up (`OutboxConfig::with_notify`).
     pub with_notify: WriteRun,
     pub notify_pct: f64,
@@ -39,7 +51,8 @@ enum Extra {
     Nothing,
     Event,
     EventNotify,
-    SecondRow,
+    Control,
+    Debezium(Variant),
 }
 
 pub async fn run(env: &Env, duration: Duration) -> anyhow::Result<WritePath> {
@@ -52,29 +65,48 @@ pub async fn run(env: &Env, duration: Duration) -> anyhow::Result<WritePath> {
     )
     .execute(&env.pool)
     .await?;
+    // The outbox's own columns, defaults, identity and indexes; `slot` is
+    // a plain column here (written as 0), not a generated one.
+    sqlx::raw_sql(
+        "CREATE TABLE bench_write.control (LIKE bench_write.outbox \
+         INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+    )
+    .execute(&env.pool)
+    .await?;
+    debezium::create_table(env, "bench_write.debezium_outbox").await?;
     // Alternate: plain, outbox, plain, outbox; keep the better of each pair.
     let mut plain: Vec<WriteRun> = Vec::new();
     let mut with: Vec<WriteRun> = Vec::new();
-    let mut second: Vec<WriteRun> = Vec::new();
+    let mut control: Vec<WriteRun> = Vec::new();
     let mut notify: Vec<WriteRun> = Vec::new();
+    let (mut keep, mut delete) = (Vec::new(), Vec::new());
     for _ in 0..2 {
         plain.push(variant(env, &outbox, Extra::Nothing, duration / 2).await?);
         with.push(variant(env, &outbox, Extra::Event, duration / 2).await?);
-        second.push(variant(env, &outbox, Extra::SecondRow, duration / 2).await?);
+        control.push(variant(env, &outbox, Extra::Control, duration / 2).await?);
         notify.push(variant(env, &notifying, Extra::EventNotify, duration / 2).await?);
+        keep.push(variant(env, &outbox, Extra::Debezium(Variant::Keep), duration / 2).await?);
+        delete.push(variant(env, &outbox, Extra::Debezium(Variant::InsertDelete), duration / 2).await?);
     }
     let best = |runs: &[WriteRun]| runs.iter().copied().max_by(|a, b| a.tps.total_cmp(&b.tps)).unwrap_or(runs[0]);
-    let (plain, with_outbox, second_row, with_notify) = (best(&plain), best(&with), best(&second), best(&notify));
+    let (plain, with_outbox, control, with_notify) = (best(&plain), best(&with), best(&control), best(&notify));
+    let (debezium_keep, debezium_delete) = (best(&keep), best(&delete));
+    let loss = |run: WriteRun| (plain.tps - run.tps) / plain.tps * 100.0;
     Ok(WritePath {
         plain,
         with_outbox,
-        overhead_pct: (plain.tps - with_outbox.tps) / plain.tps * 100.0,
+        overhead_pct: loss(with_outbox),
         p50_added_ms: with_outbox.p50_ms - plain.p50_ms,
         p99_added_ms: with_outbox.p99_ms - plain.p99_ms,
-        second_row,
-        second_row_pct: (plain.tps - second_row.tps) / plain.tps * 100.0,
+        control,
+        control_pct: loss(control),
+        vs_control: loss(with_outbox) / loss(control),
         with_notify,
-        notify_pct: (plain.tps - with_notify.tps) / plain.tps * 100.0,
+        notify_pct: loss(with_notify),
+        debezium_keep,
+        debezium_keep_pct: loss(debezium_keep),
+        debezium_delete,
+        debezium_delete_pct: loss(debezium_delete),
     })
 }
 
@@ -102,12 +134,22 @@ async fn variant(env: &Env, outbox: &Outbox, extra: Extra, duration: Duration) -
                         let m = Message::json("orders", "order.placed", &payload(i))?.with_key(customer);
                         outbox.enqueue(&mut *tx, &m).await?;
                     }
-                    Extra::SecondRow => {
-                        sqlx::query("INSERT INTO bench_write.orders (customer, amount) VALUES ($1, $2)")
-                            .bind(&customer)
-                            .bind(1299_i64)
-                            .execute(&mut *tx)
-                            .await?;
+                    Extra::Control => {
+                        let m = Message::json("orders", "order.placed", &payload(i))?.with_key(customer);
+                        control_row(&mut tx, &m).await?;
+                    }
+                    Extra::Debezium(variant) => {
+                        let id = uuid::Uuid::now_v7();
+                        debezium::insert_one(
+                            &mut tx,
+                            "bench_write.debezium_outbox",
+                            id,
+                            "orders",
+                            &customer,
+                            &payload(i),
+                            variant,
+                        )
+                        .await?;
                     }
                 }
                 tx.commit().await?;
@@ -124,4 +166,27 @@ async fn variant(env: &Env, outbox: &Outbox, extra: Extra, duration: Duration) -
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
     Ok(WriteRun { tps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 50.0), p99_ms: percentile(&all, 99.0) })
+}
+
+/// The control row: the values `Outbox::enqueue` writes, in a plain table
+/// with the outbox's columns and indexes.
+async fn control_row(tx: &mut sqlx::PgConnection, m: &Message) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO bench_write.control (id, topic, key, event_type, source, content_type, payload, headers, \
+         traceparent, tracestate, occurred_at, slot) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0)",
+    )
+    .bind(m.id())
+    .bind(m.topic())
+    .bind(m.key())
+    .bind(m.event_type())
+    .bind("/bench")
+    .bind(m.content_type())
+    .bind(m.payload())
+    .bind(sqlx::types::Json(m.headers()))
+    .bind(m.traceparent())
+    .bind(None::<&str>)
+    .bind(chrono::Utc::now())
+    .execute(tx)
+    .await?;
+    Ok(())
 }
