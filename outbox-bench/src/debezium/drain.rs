@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 
-use super::{drop_slot, table, Variant, Worker};
+use super::{drop_slot, table, Tuning, Variant, Worker};
 use crate::drain::Drain;
 use crate::env::{key, payload, Env};
 
@@ -71,7 +71,14 @@ async fn wait_records(env: &Env, topic: &str, n: i64, limit: Duration) -> anyhow
 /// one event per key routed), stopped; the backlog commits while it is
 /// stopped; the clock runs from the worker's start until every event is in
 /// the topic. Also returns the seconds from start until the task ran.
-pub async fn drain(env: &Env, home: &Path, n: usize, keys: usize, variant: Variant) -> anyhow::Result<(Drain, f64)> {
+pub async fn drain(
+    env: &Env,
+    home: &Path,
+    n: usize,
+    keys: usize,
+    variant: Variant,
+    tuning: Tuning,
+) -> anyhow::Result<(Drain, f64)> {
     let tag = match variant {
         Variant::Keep => "keep",
         Variant::InsertDelete => "delete",
@@ -84,14 +91,14 @@ pub async fn drain(env: &Env, home: &Path, n: usize, keys: usize, variant: Varia
     let dir = std::env::temp_dir().join(format!("outbox-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = async {
-        let mut worker = Worker::start(env, home, &dir, &name, &schema)?;
+        let mut worker = Worker::start(env, home, &dir, &name, &schema, tuning)?;
         worker.running(Duration::from_secs(120)).await?;
         backlog(env, &schema, &topic, 0, keys, keys, variant).await?;
         wait_records(env, &topic, keys as i64, Duration::from_secs(120)).await?;
         worker.stop()?;
         backlog(env, &schema, &topic, keys, keys + n, keys, variant).await?;
         let start = Instant::now();
-        let mut worker = Worker::start(env, home, &dir, &name, &schema)?;
+        let mut worker = Worker::start(env, home, &dir, &name, &schema, tuning)?;
         worker.running(Duration::from_secs(120)).await?;
         let started = start.elapsed().as_secs_f64();
         let total = (keys + n) as i64;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{drop_slot, insert_one, table, Variant, Worker};
+use super::{drop_slot, insert_one, table, Tuning, Variant, Worker};
 use crate::env::{key, payload, proc_cpu_seconds, Env};
 use crate::latency::{append_spread, paced, spawn_reader, Appended, Clock, Spread};
 
@@ -33,6 +33,7 @@ pub async fn steady(
     rate: f64,
     duration: Duration,
     variant: Variant,
+    tuning: Tuning,
 ) -> anyhow::Result<PeerLatency> {
     let name = "bench_dbz_latency";
     drop_slot(env, name).await?;
@@ -42,7 +43,7 @@ pub async fn steady(
     let dir = std::env::temp_dir().join(format!("outbox-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = async {
-        let mut worker = Worker::start(env, home, &dir, name, name)?;
+        let mut worker = Worker::start(env, home, &dir, name, name, tuning)?;
         worker.running(Duration::from_secs(120)).await?;
         let (committed, warm, received): (Clock, Clock, Clock) = Default::default();
         let appended: Appended = Arc::default();

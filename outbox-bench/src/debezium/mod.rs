@@ -16,7 +16,7 @@ mod drain;
 mod latency;
 
 pub use drain::drain;
-pub use latency::steady;
+pub use latency::{steady, PeerLatency};
 
 const WORKER: &str = include_str!("../../../scripts/debezium/worker.properties");
 const CONNECTOR: &str = include_str!("../../../scripts/debezium/connector.properties");
@@ -30,6 +30,27 @@ pub enum Variant {
     /// The row is inserted and deleted in the same transaction: only the
     /// write-ahead log carries the event.
     InsertDelete,
+}
+
+/// The connector's settings beyond those of `scripts/debezium`'s
+/// `connector.properties`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Tuning {
+    /// Debezium's defaults (`max.batch.size` 2048, `max.queue.size` 8192,
+    /// `poll.interval.ms` 500).
+    Defaults,
+    /// Larger batches and queue, and a 10 ms poll interval: Debezium's own
+    /// options for throughput and latency.
+    Tuned,
+}
+
+impl Tuning {
+    fn properties(self) -> &'static str {
+        match self {
+            Tuning::Defaults => "",
+            Tuning::Tuned => "max.batch.size=8192\nmax.queue.size=32768\npoll.interval.ms=10\n",
+        }
+    }
 }
 
 /// Where Debezium's jars are: `DEBEZIUM_HOME`, set by `./scripts/bench`
@@ -48,7 +69,14 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a worker in `dir` (offsets kept there) for `schema.outbox`.
-    pub fn start(env: &Env, home: &Path, dir: &Path, name: &str, schema: &str) -> anyhow::Result<Worker> {
+    pub fn start(
+        env: &Env,
+        home: &Path,
+        dir: &Path,
+        name: &str,
+        schema: &str,
+        tuning: Tuning,
+    ) -> anyhow::Result<Worker> {
         std::fs::create_dir_all(dir)?;
         let url = url_parts(&env.database_url)?;
         let rest_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -64,7 +92,8 @@ impl Worker {
             .replace("@DB_PORT@", &url.port)
             .replace("@DB_USER@", &url.user)
             .replace("@DB_PASSWORD@", &url.password)
-            .replace("@DB_NAME@", &url.dbname);
+            .replace("@DB_NAME@", &url.dbname)
+            + tuning.properties();
         std::fs::write(dir.join("worker.properties"), worker)?;
         // It holds the database password: readable by this user only.
         let mut file = std::fs::OpenOptions::new();
