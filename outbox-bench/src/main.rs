@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push((
             "S1 write path, 16 writers".into(),
             format!(
-                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 +{:.2} ms, p99 +{:.2} ms; C, a plain row shaped like an outbox row instead: {:.0} tx/s, {:.1} % slower (the outbox loses {:.2}x what C does); event + NOTIFY (--wakeup notify): {:.0} tx/s, {:.1} % slower",
+                "plain {:.0} tx/s (p50 {:.2} ms) vs with outbox {:.0} tx/s (p50 {:.2} ms): {:.1} % slower, p50 {:+.2} ms, p99 {:+.2} ms; C, a plain row shaped like an outbox row instead: {:.0} tx/s, {:.1} % slower (the outbox loses {:.2}x what C does); event + NOTIFY (--wakeup notify): {:.0} tx/s, {:.1} % slower",
                 w.plain.tps, w.plain.p50_ms, w.with_outbox.tps, w.with_outbox.p50_ms, w.overhead_pct, w.p50_added_ms, w.p99_added_ms, w.control.tps, w.control_pct, w.vs_control, w.with_notify.tps, w.notify_pct
             ),
         ));
