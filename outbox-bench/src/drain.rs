@@ -18,7 +18,31 @@ pub struct Drain {
     pub eps: f64,
     pub peak_rss_mb: f64,
     pub cpu_cores: f64,
-    pub order_violations: Option<usize>,
+    /// The topic read back (S2, S4 and Debezium's D2).
+    pub check: Option<TopicCheck>,
+}
+
+/// What a topic holds after a drain of `expected` distinct events.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TopicCheck {
+    pub expected: usize,
+    pub records: usize,
+    /// Expected events with no record.
+    pub lost: usize,
+    /// Records beyond the first of their event.
+    pub duplicates: usize,
+    /// Per key, first occurrences out of commit order.
+    pub order_violations: usize,
+}
+
+impl std::fmt::Display for TopicCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} records read back: lost {}, duplicates {}, order violations {}",
+            self.records, self.lost, self.duplicates, self.order_violations
+        )
+    }
 }
 
 /// Drains `n` events over `keys` keys with `relays` relay processes: the
@@ -46,40 +70,48 @@ pub async fn relays(env: &Env, n: usize, keys: usize, relays: usize, verify: boo
     let elapsed = start.elapsed().as_secs_f64();
     let cpu: f64 = procs.iter().map(RelayProcess::cpu_seconds).sum::<f64>() - cpu_before;
     drop(procs);
-    let order_violations = if verify { Some(order_violations(env, &topic, n + keys, "ce_id")?) } else { None };
-    Ok(Drain { events: n, relays, eps: n as f64 / elapsed, peak_rss_mb, cpu_cores: cpu / elapsed, order_violations })
+    let check = if verify { Some(topic_check(env, &topic, n + keys, "ce_id")?) } else { None };
+    Ok(Drain { events: n, relays, eps: n as f64 / elapsed, peak_rss_mb, cpu_cores: cpu / elapsed, check })
 }
 
-/// Reads the topic back and counts, per key, first occurrences out of
-/// order (the payload's `order_id` grows with commit order per key); an
-/// event is known by its `id_header` (`ce_id` for the relay).
-pub fn order_violations(env: &Env, topic: &str, n: usize, id_header: &str) -> anyhow::Result<usize> {
+/// Reads the whole topic back (to the high watermarks it has now) and
+/// checks it against `expected` distinct events: an event is known by its
+/// `id_header` (`ce_id` for the relay, `id` for Debezium's router), its
+/// commit order per key by the payload's `order_id`.
+pub fn topic_check(env: &Env, topic: &str, expected: usize, id_header: &str) -> anyhow::Result<TopicCheck> {
+    let total = usize::try_from(crate::env::topic_records(&env.brokers, topic)?)?;
     let consumer = crate::env::reader(&env.brokers, topic, &[])?;
     let mut seen = std::collections::HashSet::new();
     let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut violations = 0;
+    let (mut records, mut order_violations) = (0usize, 0usize);
     let mut idle = Instant::now();
-    while seen.len() < n && idle.elapsed() < Duration::from_secs(10) {
+    while records < total && idle.elapsed() < Duration::from_secs(10) {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
         let message = message?;
         idle = Instant::now();
+        records += 1;
         let id = message
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == id_header).and_then(|h| h.value.map(<[u8]>::to_vec)));
+        anyhow::ensure!(id.is_some(), "{topic}: a record without the {id_header} header");
         if !seen.insert(id) {
             continue;
         }
         let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
         let order = value["order_id"].as_u64().unwrap_or_default();
         let key = message.key().unwrap_or_default().to_vec();
-        if let Some(prev) = last.insert(key, order) {
-            if order < prev {
-                violations += 1;
-            }
+        if last.insert(key, order).is_some_and(|prev| order < prev) {
+            order_violations += 1;
         }
     }
-    anyhow::ensure!(seen.len() >= n, "read back {} of {n} events", seen.len());
-    Ok(violations)
+    anyhow::ensure!(records == total, "{topic}: read {records} of its {total} records");
+    Ok(TopicCheck {
+        expected,
+        records,
+        lost: expected.saturating_sub(seen.len()),
+        duplicates: records - seen.len(),
+        order_violations,
+    })
 }
 
 /// S7: poll the oldest row, send it, await the confirmation, delete it.

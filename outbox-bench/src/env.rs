@@ -215,6 +215,19 @@ impl RelayProcess {
     }
 }
 
+/// Records in `topic`: the sum of its partitions' high watermarks.
+pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer = reader(brokers, topic, &[])?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut total = 0;
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, i32::try_from(p)?, Duration::from_secs(10))?;
+        total += high;
+    }
+    Ok(total)
+}
+
 /// Peak resident memory of process `pid` in MiB (VmHWM).
 pub fn proc_peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
-
 use super::{drop_slot, table, Tuning, Variant, Worker};
 use crate::drain::Drain;
 use crate::env::{key, payload, Env};
@@ -45,22 +43,9 @@ async fn backlog(
     Ok(())
 }
 
-/// Records in `topic` (the sum of its partitions' high watermarks).
-fn records(env: &Env, topic: &str) -> anyhow::Result<i64> {
-    let consumer = crate::env::reader(&env.brokers, topic, &[])?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-    let mut total = 0;
-    for p in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, i32::try_from(p)?, Duration::from_secs(10))?;
-        total += high;
-    }
-    Ok(total)
-}
-
 async fn wait_records(env: &Env, topic: &str, n: i64, limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
-    while records(env, topic)? < n {
+    while crate::env::topic_records(&env.brokers, topic)? < n {
         anyhow::ensure!(start.elapsed() < limit, "{topic}: fewer than {n} records within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -103,7 +88,7 @@ pub async fn drain(
         let started = start.elapsed().as_secs_f64();
         let total = (keys + n) as i64;
         let mut peak_rss_mb: f64 = 0.0;
-        while records(env, &topic)? < total {
+        while crate::env::topic_records(&env.brokers, &topic)? < total {
             peak_rss_mb = peak_rss_mb.max(worker.peak_rss_mb());
             anyhow::ensure!(start.elapsed() < Duration::from_secs(900), "Debezium did not drain in 15 minutes");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -112,14 +97,14 @@ pub async fn drain(
         peak_rss_mb = peak_rss_mb.max(worker.peak_rss_mb());
         let cpu = worker.cpu_seconds();
         worker.stop()?;
-        let order_violations = crate::drain::order_violations(env, &topic, n + keys, "id")?;
+        let check = crate::drain::topic_check(env, &topic, n + keys, "id")?;
         let drain = Drain {
             events: n,
             relays: 1,
             eps: n as f64 / elapsed,
             peak_rss_mb,
             cpu_cores: cpu / elapsed,
-            order_violations: Some(order_violations),
+            check: Some(check),
         };
         anyhow::Ok((drain, started))
     }
