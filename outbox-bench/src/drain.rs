@@ -79,7 +79,7 @@ pub async fn relays(env: &Env, n: usize, keys: usize, relays: usize, verify: boo
 /// `id_header` (`ce_id` for the relay, `id` for Debezium's router), its
 /// commit order per key by the payload's `order_id`.
 pub fn topic_check(env: &Env, topic: &str, expected: usize, id_header: &str) -> anyhow::Result<TopicCheck> {
-    let total = usize::try_from(crate::env::topic_records(&env.brokers, topic)?)?;
+    let total = usize::try_from(crate::env::TopicRecords::new(&env.brokers, topic)?.count()?)?;
     let consumer = crate::env::reader(&env.brokers, topic, &[])?;
     let mut seen = std::collections::HashSet::new();
     let mut last: HashMap<Vec<u8>, u64> = HashMap::new();

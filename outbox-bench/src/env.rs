@@ -215,17 +215,31 @@ impl RelayProcess {
     }
 }
 
-/// Records in `topic`: the sum of its partitions' high watermarks.
-pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer = reader(brokers, topic, &[])?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-    let mut total = 0;
-    for p in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, i32::try_from(p)?, Duration::from_secs(10))?;
-        total += high;
+/// Counts the records in a topic (the sum of its partitions' high
+/// watermarks) through one consumer, so that polling the count while a
+/// competitor drains costs a few requests, not a client each time.
+pub struct TopicRecords {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl TopicRecords {
+    pub fn new(brokers: &str, topic: &str) -> anyhow::Result<TopicRecords> {
+        let consumer = reader(brokers, topic, &[])?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = i32::try_from(metadata.topics().first().map_or(0, |t| t.partitions().len()))?;
+        Ok(TopicRecords { consumer, topic: topic.to_owned(), partitions })
     }
-    Ok(total)
+
+    /// The records in the topic now.
+    pub fn count(&self) -> anyhow::Result<i64> {
+        let mut total = 0;
+        for p in 0..self.partitions {
+            total += self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?.1;
+        }
+        Ok(total)
+    }
 }
 
 /// Peak resident memory of process `pid` in MiB (VmHWM).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{drop_slot, table, Tuning, Variant, Worker};
 use crate::drain::Drain;
-use crate::env::{key, payload, Env};
+use crate::env::{key, payload, Env, TopicRecords};
 
 /// Inserts events `from..to` into Debezium's table in one transaction, 1,000
 /// rows per statement: the same payloads and keys as the relay's backlog.
@@ -43,9 +43,9 @@ async fn backlog(
     Ok(())
 }
 
-async fn wait_records(env: &Env, topic: &str, n: i64, limit: Duration) -> anyhow::Result<()> {
+async fn wait_records(records: &TopicRecords, topic: &str, n: i64, limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
-    while crate::env::topic_records(&env.brokers, topic)? < n {
+    while records.count()? < n {
         anyhow::ensure!(start.elapsed() < limit, "{topic}: fewer than {n} records within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -76,10 +76,11 @@ pub async fn drain(
     let dir = std::env::temp_dir().join(format!("outbox-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = async {
+        let records = TopicRecords::new(&env.brokers, &topic)?;
         let mut worker = Worker::start(env, home, &dir, &name, &schema, tuning)?;
         worker.running(Duration::from_secs(120)).await?;
         backlog(env, &schema, &topic, 0, keys, keys, variant).await?;
-        wait_records(env, &topic, keys as i64, Duration::from_secs(120)).await?;
+        wait_records(&records, &topic, keys as i64, Duration::from_secs(120)).await?;
         worker.stop()?;
         backlog(env, &schema, &topic, keys, keys + n, keys, variant).await?;
         let start = Instant::now();
@@ -88,7 +89,7 @@ pub async fn drain(
         let started = start.elapsed().as_secs_f64();
         let total = (keys + n) as i64;
         let mut peak_rss_mb: f64 = 0.0;
-        while crate::env::topic_records(&env.brokers, &topic)? < total {
+        while records.count()? < total {
             peak_rss_mb = peak_rss_mb.max(worker.peak_rss_mb());
             anyhow::ensure!(start.elapsed() < Duration::from_secs(900), "Debezium did not drain in 15 minutes");
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -125,23 +125,30 @@ impl Worker {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("the Connect worker exited ({status}) before its connector ran");
             }
-            let body = self.status().await.unwrap_or_default();
-            if body.contains(r#""tasks":[{"id":0,"state":"RUNNING""#) {
+            // Until the worker listens, or has the connector, there is no status.
+            let status = self.status().await.unwrap_or_default();
+            let task = &status["tasks"][0]["state"];
+            if task == "RUNNING" {
                 return Ok(());
             }
-            anyhow::ensure!(!body.contains(r#""state":"FAILED""#), "Debezium's connector failed: {body}");
+            anyhow::ensure!(
+                task != "FAILED" && status["connector"]["state"] != "FAILED",
+                "Debezium's connector failed: {status}"
+            );
             anyhow::ensure!(start.elapsed() < limit, "Debezium's connector did not run within {limit:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    async fn status(&self) -> anyhow::Result<String> {
+    /// The connector's status from the worker's REST API.
+    async fn status(&self) -> anyhow::Result<serde_json::Value> {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.rest_port)).await?;
         let request = format!("GET /connectors/{}/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", self.name);
         stream.write_all(request.as_bytes()).await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
-        Ok(response)
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        Ok(serde_json::from_str(body)?)
     }
 
     /// The worker's process id.
