@@ -24,6 +24,28 @@ async fn exactly_the_committed_events_are_published() {
     assert_eq!(c.unexpected, 0, "rolled-back or unknown events published");
     assert_eq!(c.delivered, total(&committed));
     assert_eq!(c.order_violations, 0);
+    assert_eq!(c.dup_topic, 0, "duplicates with no fault at all");
+    let status = relay.sigterm(Duration::from_secs(10));
+    assert!(status.success(), "relay exit status on SIGTERM: {status}");
+}
+
+/// A backlog drained in many small batches, four in flight and two being
+/// deleted in the background while the next ones are claimed: every claim
+/// skips the rows still being deleted, so each event is published once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_being_settled_are_never_claimed_again() {
+    let world = World::new(4).await;
+    let (committed, rolled_back) = write_events(&world, 4, 250, 40, 0).await;
+    assert_eq!(world.pending().await, 1000);
+    let relay = world.relay(&["--batch-size", "10", "--pipeline-depth", "4"]);
+    world.wait_drained(Duration::from_secs(60)).await;
+    let records = world.read_topic(total(&committed));
+    let c = check(&records, &committed, &rolled_back);
+    println!("{c:?}");
+    assert_eq!((c.lost, c.unexpected, c.order_violations), (0, 0, 0));
+    assert_eq!(c.dup_topic, 0, "an event claimed again while its batch was being settled");
+    assert_eq!(c.delivered, 1000);
     let status = relay.sigterm(Duration::from_secs(10));
     assert!(status.success(), "relay exit status on SIGTERM: {status}");
 }

@@ -4,6 +4,7 @@
 mod config;
 mod outage;
 mod pipeline;
+mod settling;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::store::{DeadLetter, Fence, OutboxEvent, OutboxStore, RelayId, RetryLa
 
 pub use config::{PoisonPolicy, RelayConfig};
 use pipeline::{InFlight, Pipeline};
+use settling::Settling;
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,7 +51,7 @@ pub struct Relay<S, P> {
     waker: Arc<tokio::sync::Notify>,
     store: Arc<S>,
     publisher: Arc<P>,
-    config: RelayConfig,
+    config: Arc<RelayConfig>,
 }
 
 impl<S: OutboxStore, P: Publisher> Relay<S, P> {
@@ -61,7 +63,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             waker: Arc::default(),
             store: Arc::new(store),
             publisher: Arc::new(publisher),
-            config,
+            config: Arc::new(config),
         })
     }
 
@@ -98,8 +100,12 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         if let Err(e) = self.store.heartbeat(self.id, &self.config.name, self.config.lease_timeout).await {
             tracing::warn!(error = %e, "first heartbeat failed");
         }
-        let heartbeat =
-            tokio::spawn(heartbeat_loop(Arc::clone(&self.store), self.id, self.config.clone(), heartbeats.clone()));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            Arc::clone(&self.store),
+            self.id,
+            Arc::clone(&self.config),
+            heartbeats.clone(),
+        ));
         let outages = tokio::spawn(outage::watch(
             Arc::clone(&self.store),
             Arc::clone(&self.publisher),
@@ -108,6 +114,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         ));
         tracing::info!(relay = %self.id, name = %self.config.name, "relay joined");
         let mut pipeline = Pipeline::default();
+        let mut settling = Settling::default();
         let mut claims = ClaimSchedule::default();
         let mut last_rebalance: Option<Instant> = None;
         let mut owned: Vec<i32> = Vec::new();
@@ -119,7 +126,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             }
             if last_rebalance.is_none_or(|t| t.elapsed() >= self.config.rebalance_interval) {
                 // Slots change hands only with nothing in flight.
-                if !self.settle_all(&mut pipeline, &shutdown).await {
+                if !self.settle_all(&mut pipeline, &mut settling, &shutdown).await {
                     break;
                 }
                 match self.rebalance(&mut owned).await {
@@ -138,7 +145,11 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             // Settle every batch already confirmed, oldest first.
             let mut stopped = false;
             while let Some((batch, outcomes)) = pipeline.ready() {
-                if self.finish_and_claim(&mut pipeline, batch, outcomes, &shutdown, &mut claims).await.is_err() {
+                if self
+                    .finish_and_claim(&mut pipeline, &mut settling, batch, outcomes, &shutdown, &mut claims)
+                    .await
+                    .is_err()
+                {
                     stopped = true;
                     break;
                 }
@@ -148,7 +159,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             }
             let room = pipeline.len() < self.config.pipeline_depth;
             if room && claims.due() {
-                let claimed = self.claim(&pipeline.seqs()).await;
+                let claimed = self.claim(&skip(&pipeline, &settling)).await;
                 if self.claimed(&mut pipeline, claimed, &mut claims).await {
                     continue;
                 }
@@ -158,7 +169,16 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             let next_claim = claims.next;
             tokio::select! {
                 (batch, outcomes) = pipeline.next_confirmed() => {
-                    if self.finish_and_claim(&mut pipeline, batch, outcomes, &shutdown, &mut claims).await.is_err() {
+                    if self
+                        .finish_and_claim(&mut pipeline, &mut settling, batch, outcomes, &shutdown, &mut claims)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                recorded = settling.next_done(), if !settling.is_empty() => {
+                    if recorded.is_err() {
                         break;
                     }
                 }
@@ -167,7 +187,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 _ = shutdown.cancelled() => {}
             }
         }
-        self.shut_down(&mut pipeline).await;
+        self.shut_down(&mut pipeline, &mut settling).await;
         heartbeats.cancel();
         let _ = heartbeat.await;
         let _ = outages.await;
@@ -216,31 +236,38 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
     }
 
-    /// Settles a confirmed batch. When every event of it was delivered and a
-    /// claim is due, the next claim runs at the same time, on another
-    /// connection, skipping the rows being marked: the database's work for
-    /// one batch overlaps with the next instead of following it. A batch
-    /// with a failed or held event is settled first, so that the claim sees
-    /// the backoff or quarantine that holds back the rest of its key.
+    /// Settles a confirmed batch. When every event of it was delivered, its
+    /// rows are deleted in the background while the next batch is claimed
+    /// (skipping them) and sent: neither that claim nor the next send waits
+    /// for the database to commit the deletion. A batch with a failed or
+    /// held event is settled first, so that the claim sees the backoff or
+    /// quarantine that holds back the rest of its key.
     async fn finish_and_claim(
         &self,
         pipeline: &mut Pipeline,
+        settling: &mut Settling,
         batch: InFlight,
         outcomes: Vec<Delivery>,
         shutdown: &CancellationToken,
         claims: &mut ClaimSchedule,
-    ) -> Result<BatchReport> {
-        let all_delivered = outcomes.iter().all(|o| *o == Delivery::Delivered);
-        if !(all_delivered && pipeline.len() < self.config.pipeline_depth && claims.due()) {
-            return self.finish(pipeline, batch, outcomes, shutdown).await;
+    ) -> Result<()> {
+        if !(batch.holds_nothing() && outcomes.iter().all(|o| *o == Delivery::Delivered)) {
+            return self.finish(pipeline, batch, outcomes, shutdown).await.map(drop);
         }
-        let mut skip = pipeline.seqs();
-        skip.extend(batch.events.iter().map(|e| e.seq));
-        let claim = self.claim(&skip);
-        let (finished, claimed) = tokio::join!(self.finish(pipeline, batch, outcomes, shutdown), claim);
-        let report = finished?;
-        self.claimed(pipeline, claimed, claims).await;
-        Ok(report)
+        if !settling.has_room() {
+            settling.next_done().await?;
+        }
+        let sorted = self.sort(&batch, outcomes);
+        pipeline.release(&batch);
+        let seqs = batch.events.iter().map(|e| e.seq).collect();
+        let recorder = self.recorder();
+        let shutdown = shutdown.clone();
+        settling.push(seqs, async move { recorder.record(&shutdown, sorted).await });
+        if pipeline.len() < self.config.pipeline_depth && claims.due() {
+            let claimed = self.claim(&skip(pipeline, settling)).await;
+            self.claimed(pipeline, claimed, claims).await;
+        }
+        Ok(())
     }
 
     /// Hands a claimed batch to the publisher and puts it in flight.
@@ -254,11 +281,16 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Waits for every batch in flight and settles it; `false` if shutdown
     /// came first (what is left is settled by [`Self::shut_down`]).
-    async fn settle_all(&self, pipeline: &mut Pipeline, shutdown: &CancellationToken) -> bool {
-        while !pipeline.is_empty() {
+    async fn settle_all(&self, pipeline: &mut Pipeline, settling: &mut Settling, shutdown: &CancellationToken) -> bool {
+        while !pipeline.is_empty() || !settling.is_empty() {
             tokio::select! {
                 (batch, outcomes) = pipeline.next_confirmed() => {
                     if self.finish(pipeline, batch, outcomes, shutdown).await.is_err() {
+                        return false;
+                    }
+                }
+                recorded = settling.next_done(), if !settling.is_empty() => {
+                    if recorded.is_err() {
                         return false;
                     }
                 }
@@ -270,17 +302,18 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// On shutdown: waits up to the grace period for the batches in flight
     /// and records what was confirmed; the rest stays pending.
-    async fn shut_down(&self, pipeline: &mut Pipeline) {
+    async fn shut_down(&self, pipeline: &mut Pipeline, settling: &mut Settling) {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         // Already cancelled: each batch gets one attempt at being recorded.
         let stopped = CancellationToken::new();
         stopped.cancel();
-        while !pipeline.is_empty() {
+        while !pipeline.is_empty() || !settling.is_empty() {
             tokio::select! {
                 (batch, outcomes) = pipeline.next_confirmed() => {
                     // A failure to record costs duplicates, never losses.
                     let _ = self.finish(pipeline, batch, outcomes, &stopped).await;
                 }
+                _ = settling.next_done(), if !settling.is_empty() => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     let left: usize = pipeline.seqs().len();
                     tracing::warn!(in_flight = left, "shutdown grace expired: unconfirmed events stay pending");
@@ -363,13 +396,24 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         outcomes: Vec<Delivery>,
         shutdown: &CancellationToken,
     ) -> Result<BatchReport> {
+        let sorted = self.sort(&batch, outcomes);
+        let recorded = self.recorder().record(shutdown, sorted).await;
+        pipeline.release(&batch);
+        metrics::gauge!("outbox_batches_in_flight").set(pipeline.len() as f64);
+        recorded
+    }
+
+    /// Sorts a confirmed batch's outcomes into what to record.
+    fn sort(&self, batch: &InFlight, outcomes: Vec<Delivery>) -> Outcomes {
         metrics::histogram!("outbox_batch_publish_duration_seconds").record(batch.sent_at.elapsed().as_secs_f64());
         let confirmed_at = chrono::Utc::now();
         let events = &batch.events;
-        let mut report = BatchReport { claimed: events.len(), ..Default::default() };
-        let mut delivered = Vec::new();
-        let mut retries = Vec::new();
-        let mut dead = Vec::new();
+        let mut sorted = Outcomes {
+            report: BatchReport { claimed: events.len(), ..Default::default() },
+            delivered: Vec::new(),
+            retries: Vec::new(),
+            dead: Vec::new(),
+        };
         let mut failed_keys: HashSet<&str> = HashSet::new();
         let commit_to_confirm = metrics::histogram!("outbox_commit_to_confirm_seconds");
         for (event, outcome) in events.iter().zip(outcomes) {
@@ -379,7 +423,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         metrics::counter!("outbox_order_gaps_total").increment(1);
                         tracing::error!(id = %event.id, key = ?event.key, "event confirmed after an earlier event of its key failed");
                     }
-                    delivered.push(event.fence());
+                    sorted.delivered.push(event.fence());
                     let waited = (confirmed_at - event.created_at).to_std().unwrap_or_default();
                     commit_to_confirm.record(waited.as_secs_f64());
                 }
@@ -389,32 +433,58 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     }
                     let retry_after = self.config.retry_delay(event.attempts);
                     tracing::warn!(id = %event.id, topic = %event.topic, attempts = event.attempts + 1, %error, ?retry_after, "delivery failed, will retry");
-                    retries.push(RetryLater { fence: event.fence(), error, retry_after });
+                    sorted.retries.push(RetryLater { fence: event.fence(), error, retry_after });
                 }
                 Delivery::Permanent(error) => {
                     if let Some(k) = &event.key {
                         failed_keys.insert(k);
                     }
                     tracing::error!(id = %event.id, topic = %event.topic, %error, "delivery failed permanently: dead-lettering");
-                    dead.push(DeadLetter { fence: event.fence(), error });
+                    sorted.dead.push(DeadLetter { fence: event.fence(), error });
                 }
-                Delivery::Held => report.held += 1,
+                Delivery::Held => sorted.report.held += 1,
             }
         }
-        report.published = delivered.len();
-        report.retried = retries.len();
-        report.dead_lettered = dead.len();
+        sorted.report.published = sorted.delivered.len();
+        sorted.report.retried = sorted.retries.len();
+        sorted.report.dead_lettered = sorted.dead.len();
+        sorted
+    }
 
+    /// What records batch outcomes, detached from the loop (it may run in
+    /// the background while the loop goes on).
+    fn recorder(&self) -> Recorder<S> {
+        Recorder { store: Arc::clone(&self.store), id: self.id, config: Arc::clone(&self.config) }
+    }
+}
+
+/// A confirmed batch's outcomes, sorted.
+struct Outcomes {
+    report: BatchReport,
+    delivered: Vec<Fence>,
+    retries: Vec<RetryLater>,
+    dead: Vec<DeadLetter>,
+}
+
+/// Records batch outcomes in the store.
+struct Recorder<S> {
+    store: Arc<S>,
+    id: RelayId,
+    config: Arc<RelayConfig>,
+}
+
+impl<S: OutboxStore> Recorder<S> {
+    /// Records one batch's outcomes, fenced by the lease epochs its rows
+    /// were claimed under, and counts them.
+    async fn record(&self, shutdown: &CancellationToken, sorted: Outcomes) -> Result<BatchReport> {
         crate::failpoint::hit("relay-after-publish");
-        let settled = self.settle(shutdown, &delivered, &retries, &dead).await;
-        pipeline.release(&batch);
-        metrics::gauge!("outbox_batches_in_flight").set(pipeline.len() as f64);
-        settled?;
-        metrics::counter!("outbox_events_published_total").increment(delivered.len() as u64);
-        metrics::counter!("outbox_delivery_failures_total").increment((retries.len() + dead.len()) as u64);
-        metrics::counter!("outbox_dead_lettered_total").increment(dead.len() as u64);
-        tracing::debug!(?report, "batch settled");
-        Ok(report)
+        self.settle(shutdown, &sorted.delivered, &sorted.retries, &sorted.dead).await?;
+        metrics::counter!("outbox_events_published_total").increment(sorted.delivered.len() as u64);
+        metrics::counter!("outbox_delivery_failures_total")
+            .increment((sorted.retries.len() + sorted.dead.len()) as u64);
+        metrics::counter!("outbox_dead_lettered_total").increment(sorted.dead.len() as u64);
+        tracing::debug!(report = ?sorted.report, "batch settled");
+        Ok(sorted.report)
     }
 
     /// Records the batch's outcome, fenced by the lease epochs the rows were
@@ -508,7 +578,7 @@ impl ClaimSchedule {
 
 /// Keeps this relay's heartbeat and leases fresh, independently of batches
 /// (a batch may wait on the broker for a long time).
-async fn heartbeat_loop<S: OutboxStore>(store: Arc<S>, id: RelayId, config: RelayConfig, stop: CancellationToken) {
+async fn heartbeat_loop<S: OutboxStore>(store: Arc<S>, id: RelayId, config: Arc<RelayConfig>, stop: CancellationToken) {
     let every = config.lease_timeout / 3;
     loop {
         if let Err(e) = store.heartbeat(id, &config.name, config.lease_timeout).await {
@@ -519,6 +589,13 @@ async fn heartbeat_loop<S: OutboxStore>(store: Arc<S>, id: RelayId, config: Rela
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// The rows a claim must skip: those in flight and those being settled.
+fn skip(pipeline: &Pipeline, settling: &Settling) -> Vec<i64> {
+    let mut rows = pipeline.seqs();
+    rows.extend(settling.seqs());
+    rows
 }
 
 async fn pause(shutdown: &CancellationToken, duration: Duration) {

@@ -25,6 +25,13 @@ pub(super) struct InFlight {
     pub(super) sent_at: Instant,
 }
 
+impl InFlight {
+    /// True if this batch holds back no key in later batches.
+    pub(super) fn holds_nothing(&self) -> bool {
+        self.holds.is_empty()
+    }
+}
+
 /// The batches in flight, oldest first, and the keys they hold back.
 #[derive(Default)]
 pub(super) struct Pipeline {
