@@ -1,6 +1,8 @@
 //! The relay loop: claim → send → await confirmation → mark, with retries,
 //! several batches in flight at once.
 
+#[cfg(test)]
+mod behaviour;
 mod config;
 mod outage;
 mod pipeline;

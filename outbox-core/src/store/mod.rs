@@ -3,6 +3,8 @@
 
 mod admin;
 mod inbox_sql;
+#[cfg(test)]
+mod memory;
 mod postgres;
 mod saga_sql;
 
@@ -17,6 +19,8 @@ use crate::error::Result;
 
 pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
+#[cfg(test)]
+pub(crate) use memory::MemoryStore;
 pub(crate) use postgres::PgSql;
 pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
 pub(crate) use saga_sql::{delete_in_batches, SagaSql};
