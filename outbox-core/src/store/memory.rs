@@ -139,13 +139,16 @@ impl OutboxStore for MemoryStore {
         let skip: HashSet<i64> = in_flight.iter().copied().collect();
         let quarantined: HashSet<&str> =
             s.dead.iter().filter(|(_, _, q)| *q).filter_map(|(e, _, _)| e.key.as_deref()).collect();
-        let mut backing_off: HashSet<&str> = HashSet::new();
+        let backing_off: HashSet<&str> = s
+            .rows
+            .values()
+            .filter(|r| r.next_attempt.is_some_and(|t| t > now))
+            .filter_map(|r| r.event.key.as_deref())
+            .collect();
         let mut claimed = Vec::new();
         for row in s.rows.values() {
             let key = row.event.key.as_deref();
-            let waiting = row.next_attempt.is_some_and(|t| t > now);
-            if waiting {
-                backing_off.extend(key);
+            if row.next_attempt.is_some_and(|t| t > now) {
                 continue;
             }
             let lease = &s.leases[usize::try_from(row.event.slot).unwrap_or(0)];

@@ -156,10 +156,10 @@ pub struct OutboxStats {
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
     /// Up to `limit` pending rows of the slots `owner` holds with a sequence
-    /// number above `after` (0: any), in sequence order, leaving out rows
-    /// that are backing off and every later row of the same key (whatever
-    /// the backing-off row's sequence number), and the rows `in_flight`
-    /// (claimed earlier, not settled yet).
+    /// number above `after` (0: any), in sequence order, leaving out every
+    /// row of a key that has a row backing off (whatever that row's sequence
+    /// number) or is quarantined, and the rows `in_flight` (claimed earlier,
+    /// not settled yet).
     async fn claim(&self, owner: RelayId, limit: usize, after: i64, in_flight: &[i64]) -> Result<Vec<OutboxEvent>>;
     /// Removes rows the broker confirmed, in one statement, if `owner` still
     /// holds their slot at the claimed epoch; with `retain`, moves them to the

@@ -100,9 +100,13 @@ impl PgSql {
                  $7::bytea[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[])"
             )),
             id_constraint: format!("{}_id_key", config.outbox_table()),
-            // Sequence order within the caller's live leases; a row backing
-            // off holds back every later row of its key, a quarantined key
-            // all of its rows.
+            // Sequence order within the caller's live leases; a key with a
+            // row backing off, or quarantined, is held back whole. The keys
+            // backing off are one hashed subplan over the backoff index,
+            // built once per claim: a per-row probe (NOT EXISTS an earlier
+            // row of the key backing off) let the planner, misled by the
+            // statistics of a just-filled table, scan every earlier row for
+            // each row claimed.
             // The slot filter and each row's lease epoch are one subscript of
             // the per-slot array, not a join, so that the planner walks the
             // primary key in sequence order and stops after `limit` rows
@@ -121,8 +125,9 @@ impl PgSql {
                  WHERE o.seq > $4 AND {held_epoch} >= 0 \
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
                    AND o.seq NOT IN (SELECT unnest($3::bigint[])) \
-                   AND NOT EXISTS (SELECT 1 FROM {outbox} b \
-                                   WHERE b.next_attempt_at > now() AND b.key = o.key AND b.seq < o.seq) \
+                   AND (o.key IS NULL OR o.key NOT IN \
+                        (SELECT b.key FROM {outbox} b \
+                         WHERE b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now() AND b.key IS NOT NULL)) \
                    AND (o.key IS NULL OR o.key NOT IN \
                         (SELECT d.key FROM {dlq} d WHERE d.quarantined AND d.key IS NOT NULL)) \
                  ORDER BY o.seq LIMIT $1"
