@@ -193,7 +193,7 @@ pub struct RunArgs {
 
     /// Batches in flight at once: while the broker confirms one, the next
     /// ones are claimed and sent (1: one batch at a time).
-    #[arg(long, env = "OUTBOX_PIPELINE_DEPTH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "OUTBOX_PIPELINE_DEPTH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub pipeline_depth: u32,
 
     /// Pause between polls when the outbox is empty, once it has been empty

@@ -29,7 +29,7 @@ pub struct RelayConfig {
     pub busy_poll_interval: Duration,
     /// Batches in flight at once: while the broker confirms one batch, the
     /// relay claims and sends the next ones (1 waits for each batch to be
-    /// confirmed before claiming the next). Default 2.
+    /// confirmed and marked before claiming the next).
     pub pipeline_depth: usize,
     /// First delay after a failed delivery; doubles per attempt, with jitter.
     pub retry_min_delay: Duration,
@@ -78,7 +78,7 @@ impl Default for RelayConfig {
             batch_size: 1000,
             poll_interval: Duration::from_millis(10),
             busy_poll_interval: Duration::from_millis(2),
-            pipeline_depth: 2,
+            pipeline_depth: 1,
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
