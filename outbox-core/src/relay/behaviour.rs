@@ -1,7 +1,6 @@
 //! The relay's logic against an in-memory store and a scripted publisher:
-//! per-key holds, retries in order, quarantine, batches deleted in the
-//! background never claimed again, and rows committed late below the claim
-//! cursor. Fast, no server.
+//! per-key holds, retries in order, quarantine, and batches deleted in the
+//! background never claimed again. Fast, no server.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -125,46 +124,6 @@ async fn rows_being_deleted_in_the_background_are_never_claimed_again() {
     let delivered = publisher.delivered();
     assert_eq!(delivered.len(), 300, "each event exactly once");
     assert_eq!(per_key(&delivered), committed, "per-key order");
-}
-
-#[tokio::test]
-async fn a_row_committed_late_below_the_cursor_goes_out_while_the_backlog_drains() {
-    // Batches of 10 deleted in 30 ms each, two at a time: 1,500 events take
-    // over two seconds, so the claims run from the cursor for many
-    // intervals. The late row's sequence number is below every other row's.
-    let store = MemoryStore::new(4).with_settle_delay(Duration::from_millis(30));
-    let publisher = ScriptedPublisher::default();
-    let late_seq = store.reserve();
-    backlog(&store, 1500, 7);
-    let relay = Relay::new(store.clone(), publisher.clone(), RelayConfig { pipeline_depth: 2, ..config() });
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.expect("valid config").run(shutdown).await }
-    });
-    while publisher.delivered().len() < 100 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let late = store.commit(late_seq, "late");
-    let committed_at = Instant::now();
-    let mut published_after = None;
-    while !store.pending().is_empty() {
-        assert!(committed_at.elapsed() < Duration::from_secs(20), "not drained");
-        if published_after.is_none() && publisher.delivered().iter().any(|(_, id)| *id == late) {
-            published_after = Some(committed_at.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    shutdown.cancel();
-    running.await.expect("relay task").expect("relay run");
-    let delivered = publisher.delivered();
-    assert_eq!(delivered.len(), 1501, "each event exactly once");
-    let position = delivered.iter().position(|(_, id)| *id == late).expect("the late row was published");
-    let waited = published_after.expect("published before the backlog was drained");
-    assert!(
-        waited < super::schedule::FULL_CLAIM_INTERVAL * 2 && position < 1000,
-        "the late row waited {waited:?} and went out as event {position} of 1,501: it waited for the backlog"
-    );
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@ mod behaviour;
 mod config;
 mod outage;
 mod pipeline;
-mod schedule;
 mod settling;
 
 use std::collections::HashSet;
@@ -21,7 +20,6 @@ use crate::store::{DeadLetter, Fence, OutboxEvent, OutboxStore, RelayId, RetryLa
 
 pub use config::{PoisonPolicy, RelayConfig};
 use pipeline::{InFlight, Pipeline};
-use schedule::ClaimSchedule;
 use settling::Settling;
 
 /// What one batch did.
@@ -133,8 +131,6 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 if !self.settle_all(&mut pipeline, &mut settling, &shutdown).await {
                     break;
                 }
-                // Slots may have come or gone: claim from the start.
-                claims.rescan();
                 match self.rebalance(&mut owned).await {
                     Ok(()) => last_rebalance = Some(Instant::now()),
                     Err(e) => tracing::warn!(error = %e, "rebalance failed"),
@@ -165,7 +161,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             }
             let room = pipeline.len() < self.config.pipeline_depth;
             if room && claims.due() {
-                let claimed = self.claim(&claims, skip(&pipeline, &settling)).await;
+                let claimed = self.claim(&skip(&pipeline, &settling)).await;
                 if self.claimed(&mut pipeline, claimed, &mut claims).await {
                     continue;
                 }
@@ -205,16 +201,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    /// Claims up to a batch of events where the schedule says to start,
-    /// skipping `skip` (rows in flight or being marked), and records how long
-    /// the claim took. Returns where it started, and what it found.
-    async fn claim(&self, claims: &ClaimSchedule, mut skip: Vec<i64>) -> (i64, Result<Vec<OutboxEvent>>) {
+    /// Claims up to a batch of events, skipping `skip` (rows in flight or
+    /// being marked), and records how long the claim took.
+    async fn claim(&self, skip: &[i64]) -> Result<Vec<OutboxEvent>> {
         let started = Instant::now();
-        let after = claims.after(started);
-        skip.retain(|&seq| seq > after);
-        let claimed = self.store.claim(self.id, self.config.batch_size, after, &skip).await;
+        let claimed = self.store.claim(self.id, self.config.batch_size, skip).await;
         metrics::histogram!("outbox_claim_duration_seconds").record(started.elapsed().as_secs_f64());
-        (after, claimed)
+        claimed
     }
 
     /// Records a claim's result: sends what it found and schedules the next
@@ -222,13 +215,12 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     async fn claimed(
         &self,
         pipeline: &mut Pipeline,
-        (after, claimed): (i64, Result<Vec<OutboxEvent>>),
+        claimed: Result<Vec<OutboxEvent>>,
         claims: &mut ClaimSchedule,
     ) -> bool {
         match claimed {
             Ok(events) => {
-                let last = events.last().map(|e| e.seq);
-                claims.after_claim(after, events.len(), last, &self.config, Instant::now());
+                claims.after_claim(events.len(), &self.config, Instant::now());
                 if events.is_empty() {
                     return false;
                 }
@@ -236,7 +228,6 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 true
             }
             Err(e) => {
-                claims.rescan();
                 claims.error_streak += 1;
                 let delay = self.config.retry_delay(i32::try_from(claims.error_streak).unwrap_or(i32::MAX));
                 let delay = delay.min(Duration::from_secs(5));
@@ -263,9 +254,6 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         claims: &mut ClaimSchedule,
     ) -> Result<()> {
         if !(batch.holds_nothing() && outcomes.iter().all(|o| *o == Delivery::Delivered)) {
-            // Rows below the cursor may be claimable again (held ones), or
-            // hold back their key from now on.
-            claims.rescan();
             return self.finish(pipeline, batch, outcomes, shutdown).await.map(drop);
         }
         if !settling.has_room() {
@@ -278,7 +266,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let shutdown = shutdown.clone();
         settling.push(seqs, async move { recorder.record(&shutdown, sorted).await });
         if pipeline.len() < self.config.pipeline_depth && claims.due() {
-            let claimed = self.claim(claims, skip(pipeline, settling)).await;
+            let claimed = self.claim(&skip(pipeline, settling)).await;
             self.claimed(pipeline, claimed, claims).await;
         }
         Ok(())
@@ -385,7 +373,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Claims, publishes and settles one batch, with nothing else in flight.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
-        let events = self.claim(&ClaimSchedule::default(), Vec::new()).await.1?;
+        let events = self.claim(&[]).await?;
         if events.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -550,6 +538,46 @@ impl<S: OutboxStore> Recorder<S> {
     }
 }
 
+/// When the relay claims next, how many claims in a row failed, and when a
+/// claim last found events.
+struct ClaimSchedule {
+    next: Instant,
+    error_streak: u32,
+    last_found: Option<Instant>,
+}
+
+impl Default for ClaimSchedule {
+    fn default() -> Self {
+        ClaimSchedule { next: Instant::now(), error_streak: 0, last_found: None }
+    }
+}
+
+impl ClaimSchedule {
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// Schedules the next claim after one that found `found` events at
+    /// `now`: at once after a full batch, soon (the busy interval) while
+    /// events flow, at the poll interval once the outbox has been empty
+    /// for a poll interval. A gap between two commits is not idleness:
+    /// waiting the whole poll interval there set the tail of commit →
+    /// confirmation (p99 13.4 against 9.9 ms at 1,000 events/s, S3).
+    fn after_claim(&mut self, found: usize, config: &RelayConfig, now: Instant) {
+        self.error_streak = 0;
+        let busy = config.busy_poll_interval.min(config.poll_interval);
+        if found == 0 {
+            let flowing = self.last_found.is_some_and(|t| now.duration_since(t) < config.poll_interval);
+            self.next = now + if flowing { busy } else { config.poll_interval };
+            return;
+        }
+        self.last_found = Some(now);
+        if found < config.batch_size {
+            self.next = now + busy;
+        }
+    }
+}
+
 /// Keeps this relay's heartbeat and leases fresh, independently of batches
 /// (a batch may wait on the broker for a long time).
 async fn heartbeat_loop<S: OutboxStore>(store: Arc<S>, id: RelayId, config: Arc<RelayConfig>, stop: CancellationToken) {
@@ -576,5 +604,36 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(duration) => {}
         _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_stay_busy_through_short_gaps_then_fall_back_to_the_poll_interval() {
+        let config = RelayConfig::default(); // poll 10 ms, busy 2 ms, batch 1000
+        let (poll, busy) = (config.poll_interval, config.busy_poll_interval);
+        let t0 = Instant::now();
+        let mut s = ClaimSchedule { next: t0, error_streak: 3, last_found: None };
+        // Idle from the start: the poll interval.
+        s.after_claim(0, &config, t0);
+        assert_eq!((s.next, s.error_streak), (t0 + poll, 0));
+        // A full batch: claim again at once (the schedule is left due).
+        s.next = t0;
+        s.after_claim(config.batch_size, &config, t0);
+        assert_eq!(s.next, t0);
+        // A partial batch: the busy interval.
+        s.after_claim(5, &config, t0);
+        assert_eq!(s.next, t0 + busy);
+        // Empty soon after events: still busy.
+        let t1 = t0 + busy;
+        s.after_claim(0, &config, t1);
+        assert_eq!(s.next, t1 + busy);
+        // Empty a poll interval after the last events: idle again.
+        let t2 = t0 + poll;
+        s.after_claim(0, &config, t2);
+        assert_eq!(s.next, t2 + poll);
     }
 }

@@ -60,22 +60,9 @@ impl MemoryStore {
 
     /// Appends an event of `key` (committed at once); returns its id.
     pub(crate) fn enqueue(&self, key: &str) -> Uuid {
-        let seq = self.reserve();
-        self.commit(seq, key)
-    }
-
-    /// Takes the next sequence number for a transaction that commits later
-    /// (with [`Self::commit`]), after rows with higher numbers.
-    pub(crate) fn reserve(&self) -> i64 {
         let mut s = self.state();
+        let seq = s.next_seq;
         s.next_seq += 1;
-        s.next_seq - 1
-    }
-
-    /// Commits an event of `key` with the reserved sequence number `seq`;
-    /// returns its id.
-    pub(crate) fn commit(&self, seq: i64, key: &str) -> Uuid {
-        let mut s = self.state();
         let slots = s.leases.len();
         let id = Uuid::now_v7();
         let now = chrono::Utc::now();
@@ -133,7 +120,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl OutboxStore for MemoryStore {
-    async fn claim(&self, owner: RelayId, limit: usize, after: i64, in_flight: &[i64]) -> Result<Vec<OutboxEvent>> {
+    async fn claim(&self, owner: RelayId, limit: usize, in_flight: &[i64]) -> Result<Vec<OutboxEvent>> {
         let s = self.state();
         let now = Instant::now();
         let skip: HashSet<i64> = in_flight.iter().copied().collect();
@@ -154,7 +141,7 @@ impl OutboxStore for MemoryStore {
             let lease = &s.leases[usize::try_from(row.event.slot).unwrap_or(0)];
             let held = lease.owner == Some(owner) && lease.expires.is_some_and(|e| e > now);
             let blocked = key.is_some_and(|k| backing_off.contains(k) || quarantined.contains(k));
-            if held && !blocked && row.event.seq > after && !skip.contains(&row.event.seq) {
+            if held && !blocked && !skip.contains(&row.event.seq) {
                 claimed.push(OutboxEvent { epoch: lease.epoch, ..row.event.clone() });
                 if claimed.len() == limit {
                     break;

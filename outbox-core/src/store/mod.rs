@@ -155,12 +155,11 @@ pub struct OutboxStats {
 /// that lost a slot can neither claim nor settle that slot's rows.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Up to `limit` pending rows of the slots `owner` holds with a sequence
-    /// number above `after` (0: any), in sequence order, leaving out every
-    /// row of a key that has a row backing off (whatever that row's sequence
-    /// number) or is quarantined, and the rows `in_flight` (claimed earlier,
-    /// not settled yet).
-    async fn claim(&self, owner: RelayId, limit: usize, after: i64, in_flight: &[i64]) -> Result<Vec<OutboxEvent>>;
+    /// Up to `limit` pending rows of the slots `owner` holds, in sequence
+    /// order, leaving out every row of a key that has a row backing off
+    /// (whatever that row's sequence number) or is quarantined, and the rows
+    /// `in_flight` (claimed earlier, not settled yet).
+    async fn claim(&self, owner: RelayId, limit: usize, in_flight: &[i64]) -> Result<Vec<OutboxEvent>>;
     /// Removes rows the broker confirmed, in one statement, if `owner` still
     /// holds their slot at the claimed epoch; with `retain`, moves them to the
     /// published table for replay instead. Returns how many were removed.

@@ -113,16 +113,13 @@ impl PgSql {
             // instead of reading every pending row and sorting (a join with
             // the caller's leases also became a nested loop over every
             // (row, lease) pair, 15 of a claim's 17 ms for 2,000 rows).
-            // The scan starts after $4, the relay's cursor past the rows it
-            // has in flight (`relay::schedule`): from the start, it would
-            // fetch and drop each of them before the first row it may take.
             // Rows still in flight ($3) and quarantined keys are skipped
             // through hashed subplans (built once per claim, not probed per
             // row).
             claim: format!(
                 "SELECT {EVENT_COLUMNS}, o.attempts, o.slot, {held_epoch} AS epoch \
                  FROM {outbox} o \
-                 WHERE o.seq > $4 AND {held_epoch} >= 0 \
+                 WHERE {held_epoch} >= 0 \
                    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
                    AND o.seq NOT IN (SELECT unnest($3::bigint[])) \
                    AND (o.key IS NULL OR o.key NOT IN \
@@ -383,16 +380,11 @@ fn fences<'a>(items: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<i32>, Ve
 
 #[async_trait]
 impl OutboxStore for PgStore {
-    async fn claim(&self, owner: RelayId, limit: usize, after: i64, in_flight: &[i64]) -> Result<Vec<OutboxEvent>> {
+    async fn claim(&self, owner: RelayId, limit: usize, in_flight: &[i64]) -> Result<Vec<OutboxEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = self.queue_session().await?;
-        let mut rows: Vec<EventRow> = sqlx::query_as(&self.sql.claim)
-            .bind(limit)
-            .bind(owner)
-            .bind(in_flight)
-            .bind(after)
-            .fetch_all(tx.conn())
-            .await?;
+        let mut rows: Vec<EventRow> =
+            sqlx::query_as(&self.sql.claim).bind(limit).bind(owner).bind(in_flight).fetch_all(tx.conn()).await?;
         tx.finish().await?;
         rows.sort_unstable_by_key(|r| r.seq);
         Ok(rows.into_iter().map(OutboxEvent::from).collect())
