@@ -1,6 +1,7 @@
 //! The relay's logic against an in-memory store and a scripted publisher:
-//! per-key holds, retries in order, quarantine, and batches deleted in the
-//! background never claimed again. Fast, no server.
+//! per-key holds, retries in order, quarantine, batches deleted in the
+//! background never claimed again, and a key's row committed late. Fast, no
+//! server.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -124,6 +125,41 @@ async fn rows_being_deleted_in_the_background_are_never_claimed_again() {
     let delivered = publisher.delivered();
     assert_eq!(delivered.len(), 300, "each event exactly once");
     assert_eq!(per_key(&delivered), committed, "per-key order");
+}
+
+#[tokio::test]
+async fn a_row_committed_late_goes_out_before_the_later_rows_of_its_key() {
+    // A transaction takes a sequence number, a backlog behind it is claimed
+    // and published past it, then it commits; the application's lock on
+    // the key lets the key's next event be written only after that. A
+    // claim that started after the rows already claimed (a cursor) would
+    // publish the next event first.
+    let store = MemoryStore::new(4).with_settle_delay(Duration::from_millis(5));
+    let publisher = ScriptedPublisher::default();
+    let late_seq = store.reserve();
+    backlog(&store, 600, 7);
+    let relay = Relay::new(store.clone(), publisher.clone(), RelayConfig { pipeline_depth: 2, ..config() });
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.expect("valid config").run(shutdown).await }
+    });
+    let start = Instant::now();
+    while publisher.delivered().len() < 100 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the backlog did not start draining");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let late = store.commit(late_seq, "k-late");
+    let next = store.enqueue("k-late");
+    while !store.pending().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "not drained");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("relay task").expect("relay run");
+    let delivered = publisher.delivered();
+    assert_eq!(delivered.len(), 602, "each event exactly once");
+    assert_eq!(per_key(&delivered)["k-late"], vec![late, next], "the key's events in commit order");
 }
 
 #[tokio::test]

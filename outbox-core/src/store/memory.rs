@@ -60,9 +60,22 @@ impl MemoryStore {
 
     /// Appends an event of `key` (committed at once); returns its id.
     pub(crate) fn enqueue(&self, key: &str) -> Uuid {
+        let seq = self.reserve();
+        self.commit(seq, key)
+    }
+
+    /// Takes the next sequence number for a transaction that commits later
+    /// (with [`Self::commit`]), after rows with higher numbers.
+    pub(crate) fn reserve(&self) -> i64 {
         let mut s = self.state();
-        let seq = s.next_seq;
         s.next_seq += 1;
+        s.next_seq - 1
+    }
+
+    /// Commits an event of `key` under the reserved sequence number `seq`;
+    /// returns its id.
+    pub(crate) fn commit(&self, seq: i64, key: &str) -> Uuid {
+        let mut s = self.state();
         let slots = s.leases.len();
         let id = Uuid::now_v7();
         let now = chrono::Utc::now();
