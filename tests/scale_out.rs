@@ -134,9 +134,22 @@ async fn paused_relay_is_fenced_when_it_wakes() {
         &[("OUTBOX_FAILPOINT", "relay-after-publish@1:stop")],
     );
     wait_until("relay 0 stopped at the failpoint", Duration::from_secs(30), async || zombie.is_stopped()).await;
+    let zombie_id: uuid::Uuid = sqlx::query_scalar(&format!("SELECT id FROM \"{}\".outbox_relays", world.schema))
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
     let others: Vec<RelayProcess> = (0..2).map(|_| world.relay(&["--batch-size", "200"])).collect();
     let (more, rolled_back) = write_events(&world, 4, 200, 30, 5).await;
-    tokio::time::sleep(Duration::from_secs(5)).await; // past the 3s lease: the others take its slots
+    // Past its 3 s lease the others take its slots: wait until they hold
+    // every one (a stopped relay renews none), however slowly they started.
+    let all_held = format!(
+        "SELECT count(*) FILTER (WHERE owner <> $1 AND expires_at > now()) = count(*) FROM \"{}\".outbox_leases",
+        world.schema
+    );
+    wait_until("the other relays hold every slot", Duration::from_secs(60), async || {
+        sqlx::query_scalar::<_, bool>(&all_held).bind(zombie_id).fetch_one(&world.pool).await.unwrap()
+    })
+    .await;
     zombie.signal("CONT");
     world.wait_drained(Duration::from_secs(60)).await;
     let mut committed = committed_before;

@@ -133,7 +133,17 @@ pub(crate) async fn late_commits(seed: u64) -> Outcome {
             tx.commit().await.unwrap();
             Fate::Committed
         };
-        late.push(Written { key, n: 1, id, fate });
+        // The key's next event, written once the late one has committed (as
+        // the application's lock on the key orders them): it has a higher
+        // sequence number, and must still be published after the late one.
+        let next = Message::json(&world.topic, "chaos.event", &serde_json::json!({ "late_next": key }))
+            .unwrap()
+            .with_key(&key);
+        let mut tx = world.pool.begin().await.unwrap();
+        world.outbox.enqueue(&mut *tx, &next).await.unwrap();
+        tx.commit().await.unwrap();
+        late.push(Written { key: key.clone(), n: 1, id, fate });
+        late.push(Written { key, n: 2, id: next.id(), fate: Fate::Committed });
     }
     writes.extend(late);
     let mut o = settle(&world, "late-commits", seed, started, &writes).await;
