@@ -139,9 +139,7 @@ pub(crate) async fn late_commits(seed: u64) -> Outcome {
         let next = Message::json(&world.topic, "chaos.event", &serde_json::json!({ "late_next": key }))
             .unwrap()
             .with_key(&key);
-        let mut tx = world.pool.begin().await.unwrap();
-        world.outbox.enqueue(&mut *tx, &next).await.unwrap();
-        tx.commit().await.unwrap();
+        world.outbox.enqueue(&world.pool, &next).await.unwrap();
         late.push(Written { key: key.clone(), n: 1, id, fate });
         late.push(Written { key, n: 2, id: next.id(), fate: Fate::Committed });
     }
