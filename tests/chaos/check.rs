@@ -104,7 +104,7 @@ pub(crate) enum ConsumerFault<'a> {
     /// start to appear (mid-stream).
     KillOneOfTwo,
     /// Three consumers in the group (cooperative-sticky assignment); one
-    /// SIGKILLed and restarted every 0.5–1.5 s (seeded) while effects appear.
+    /// SIGKILLed and restarted at four seeded points of the stream (5–90 % applied).
     Churn(u64),
     /// A consumer of this group that has been running since before the
     /// fault: it alone must apply every event, with no restart, and is
@@ -199,14 +199,34 @@ pub(crate) async fn settle_with(
             let spawn = || spawn_consumer_with(world, &group, expect, &extra);
             let mut members = vec![spawn(), spawn(), spawn()];
             let mut rng = StdRng::seed_from_u64(seed);
+            // Kills at seeded points of the stream's progress, not at timed
+            // intervals: a group that applies everything in two seconds
+            // still loses three members mid-stream.
+            let expect_i = i64::try_from(expect).unwrap_or(i64::MAX);
+            let mut marks: Vec<i64> = [(5, 20), (30, 45), (55, 70), (75, 90)]
+                .iter()
+                .map(|&(lo, hi)| expect_i * rng.random_range(lo..hi) / 100)
+                .collect();
+            marks.reverse();
             let give_up = Instant::now() + Duration::from_secs(60);
-            while effects_so_far(world).await < i64::try_from(expect).unwrap_or(i64::MAX) && Instant::now() < give_up {
-                sleep_ms(rng.random_range(500..1500)).await;
+            while let Some(&mark) = marks.last() {
+                let applied = effects_so_far(world).await;
+                if applied >= expect_i || Instant::now() >= give_up {
+                    break;
+                }
+                if applied < mark {
+                    sleep_ms(5).await;
+                    continue;
+                }
+                marks.pop();
                 let victim = rng.random_range(0..members.len());
                 let _ = members[victim].kill();
                 let _ = members[victim].wait();
                 crashed += 1;
                 members[victim] = spawn();
+            }
+            while effects_so_far(world).await < expect_i && Instant::now() < give_up {
+                sleep_ms(100).await;
             }
             for mut member in members {
                 let _ = member.kill();

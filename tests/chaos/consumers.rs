@@ -61,8 +61,8 @@ pub(crate) async fn consumer_rebalance(seed: u64) -> Outcome {
 }
 
 /// Scenario 19: Three consumers in one group with cooperative-sticky
-/// assignment, one SIGKILLed and restarted every few seconds: every
-/// effect exactly once.
+/// assignment, one SIGKILLed and restarted at four points of the stream:
+/// every effect exactly once.
 pub(crate) async fn consumer_churn(seed: u64) -> Outcome {
     let started = Instant::now();
     let world = world(None).await;
@@ -71,7 +71,7 @@ pub(crate) async fn consumer_churn(seed: u64) -> Outcome {
     let (mut o, killed) =
         settle_with(&world, "consumer-churn", seed, started, &writes, ConsumerFault::Churn(seed)).await;
     o.fault_acted = killed >= 3;
-    let fault = format!("{killed} members of three SIGKILLed and restarted");
+    let fault = format!("{killed} SIGKILLs among three members, each restarted");
     o.note = if o.note.is_empty() { fault } else { format!("{fault}; {}", o.note) };
     o
 }
