@@ -45,6 +45,7 @@ mod publish;
 mod relay;
 pub mod saga;
 pub mod secrets;
+pub mod slot;
 mod store;
 pub mod trace;
 
