@@ -123,7 +123,7 @@ impl Outbox {
         let Some(db) = e.as_database_error() else {
             return Error::Database(e);
         };
-        if db.code().as_deref() != Some("23505") || db.constraint() != Some(&self.sql.id_constraint) {
+        if !db.is_unique_violation() || db.constraint() != Some(&self.sql.id_constraint) {
             return Error::Database(e);
         }
         let reported = db

@@ -188,10 +188,7 @@ impl Error {
                         | sqlx::Error::PoolClosed
                         | sqlx::Error::WorkerCrashed
                         | sqlx::Error::Protocol(_)
-                ) || e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01")
+                ) || e.as_database_error().is_some_and(crate::store::is_transient_database_error)
             }
             Error::Kafka(_) => true,
             _ => false,

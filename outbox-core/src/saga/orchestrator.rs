@@ -182,7 +182,7 @@ impl SagaOrchestrator {
             .execute(&mut *tx)
             .await;
         if let Err(e) = inserted {
-            let duplicate = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505");
+            let duplicate = e.as_database_error().is_some_and(|d| d.is_unique_violation());
             return Err(if duplicate { Error::SagaExists(id) } else { Error::Database(e) });
         }
         self.send(tx, def, id, &data, Outgoing { step: 0, action: Action::Execute, attempt: 1 }).await?;

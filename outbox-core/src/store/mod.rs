@@ -22,6 +22,13 @@ pub(crate) use inbox_sql::InboxSql;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub(crate) use postgres::PgSql;
+/// True for a database's report of a fault that passes (a lost connection,
+/// a server shutting down, a serialization failure or deadlock): the
+/// statement may succeed if run again. Each backend knows its own codes.
+pub(crate) fn is_transient_database_error(error: &dyn sqlx::error::DatabaseError) -> bool {
+    postgres::is_transient(error)
+}
+
 pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
 pub(crate) use saga_sql::{delete_in_batches, SagaSql};
 

@@ -20,6 +20,16 @@ use crate::error::Result;
 const EVENT_COLUMNS: &str = "seq, id, topic, key, event_type, source, content_type, payload, headers, \
                              traceparent, tracestate, occurred_at, created_at";
 
+/// SQLSTATE classes 08 (connection exception) and 57P (operator
+/// intervention: shutdown, crash, terminated backend), 40001 (serialization
+/// failure) and 40P01 (deadlock detected).
+pub(crate) fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some_and(|pg| {
+        let code = pg.code();
+        code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+    })
+}
+
 /// Statements of the write and relay side, built from one [`OutboxConfig`].
 #[derive(Debug)]
 pub(crate) struct PgSql {
