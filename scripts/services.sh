@@ -9,18 +9,22 @@
 #   DATABASE_URL   PostgreSQL to use   (default postgres://postgres@127.0.0.1:5432/outbox_test)
 #   KAFKA_BROKERS  Kafka brokers       (default 127.0.0.1:9092; see scripts/kafka/README.md)
 #   REDIS_URL      Redis (flash sale)  (default redis://127.0.0.1:6379)
+#   MYSQL_URL      MySQL or MariaDB    (default mysql://root@127.0.0.1:3306/outbox_test;
+#                  started only by `start_mariadb`, for the tests that name it)
 
 OUTBOX_STATE_DIR="${OUTBOX_STATE_DIR:-$HOME/.cache/outbox}"
 mkdir -p "$OUTBOX_STATE_DIR"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/outbox_test}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export MYSQL_URL="${MYSQL_URL:-mysql://root@127.0.0.1:3306/outbox_test}"
 _SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/kafka/kafka.sh
 source "$_SERVICES_DIR/kafka/kafka.sh"
 _STARTED_PG_DIR=""
 _STARTED_KAFKA_PID=""
 _STARTED_REDIS_PID=""
+_STARTED_MARIADB_PID=""
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -121,6 +125,57 @@ start_redis() {
   _wait_port "$host" "$port" Redis
 }
 
+# host and port of a mysql URL (mysql://[user:pw@]host[:port][/db])
+_mysql_host() { local a="${MYSQL_URL#*://}"; a="${a%%/*}"; a="${a##*@}"; echo "${a%%:*}"; }
+_mysql_port() { local a="${MYSQL_URL#*://}"; a="${a%%/*}"; a="${a##*@}"; [[ "$a" == *:* ]] && echo "${a##*:}" || echo 3306; }
+
+# Durability off for tests (no flush of InnoDB's log at each commit, no
+# doublewrite); OUTBOX_MARIADB_DURABLE=1 keeps MariaDB's production defaults.
+_mariadb_settings() {
+  [[ "${OUTBOX_MARIADB_DURABLE:-0}" == 1 ]] && return 0
+  echo "--innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 --sync-binlog=0"
+}
+
+# A private MariaDB (Debian's 10.11) when MYSQL_URL does not answer: its own
+# data directory, bound to 127.0.0.1, root without a password (like the
+# private PostgreSQL's trust authentication), the URL's database created.
+start_mariadb() {
+  local host port dir as=() user=()
+  host=$(_mysql_host); port=$(_mysql_port)
+  if answers "$host" "$port"; then log "MySQL/MariaDB answers at $host:$port"; return 0; fi
+  _is_local "$host" || { log "MySQL/MariaDB at $host:$port does not answer and is not local"; return 1; }
+  if [[ ! -x /usr/sbin/mariadbd ]]; then
+    log "installing MariaDB (apt-get, about 15 s)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null || return 1
+    # Where the package's own service started (no policy-rc.d), stop it:
+    # the tests use a private server with known credentials.
+    if answers "$host" "$port"; then service mariadb stop >/dev/null 2>&1 || true; fi
+  fi
+  local root="$OUTBOX_STATE_DIR"
+  if [[ $(id -u) == 0 ]]; then root="${OUTBOX_PG_ROOT:-/var/tmp/outbox}"; user=(--user=mysql); as=(runuser -u mysql --); fi
+  dir="$root/mariadb-$port"
+  if [[ ! -d "$dir/data/mysql" ]]; then
+    rm -rf "$dir"; mkdir -p "$dir/data"; [[ $(id -u) == 0 ]] && chown -R mysql "$dir"
+    "${as[@]}" mariadb-install-db --no-defaults --datadir="$dir/data" --auth-root-authentication-method=normal \
+      --skip-test-db >"$dir/install.log" 2>&1 || { tail -5 "$dir/install.log" >&2; return 1; }
+  fi
+  log "starting a private MariaDB on port $port ($dir)"
+  # shellcheck disable=SC2046
+  /usr/sbin/mariadbd --no-defaults "${user[@]}" --datadir="$dir/data" --port="$port" --bind-address=127.0.0.1 \
+    --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/server.log" \
+    --skip-name-resolve --innodb-buffer-pool-size=256M --max-connections=300 --max-allowed-packet=64M \
+    $(_mariadb_settings) >/dev/null 2>&1 &
+  _STARTED_MARIADB_PID=$!
+  _wait_port 127.0.0.1 "$port" MariaDB || { tail -20 "$dir/server.log" >&2; return 1; }
+  # root may connect over TCP from 127.0.0.1 (skip-name-resolve: "localhost"
+  # matches only the socket); then the URL's database.
+  local db="${MYSQL_URL##*/}"; db="${db%%\?*}"
+  mariadb --no-defaults -S "$dir/mysqld.sock" -u root -e \
+    "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS \`$db\`" \
+    || { log "could not set up the private MariaDB"; return 1; }
+}
+
 services_start() {
   start_postgres || { log "could not start PostgreSQL"; return 1; }
   start_kafka || { log "could not start Kafka"; return 1; }
@@ -131,6 +186,11 @@ services_start() {
 # Every step may fail (a process already gone): the callers run under
 # `set -e`, and what follows must still be stopped.
 services_stop() {
+  if [[ -n "$_STARTED_MARIADB_PID" ]]; then
+    kill "$_STARTED_MARIADB_PID" 2>/dev/null || true
+    wait "$_STARTED_MARIADB_PID" 2>/dev/null || true
+    log "stopped MariaDB"
+  fi
   if [[ -n "$_STARTED_REDIS_PID" ]]; then
     kill "$_STARTED_REDIS_PID" 2>/dev/null || true
     wait "$_STARTED_REDIS_PID" 2>/dev/null || true
