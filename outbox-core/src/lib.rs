@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backend;
 mod cloudevents;
 mod config;
 mod database_url;
@@ -49,6 +50,7 @@ pub mod slot;
 mod store;
 pub mod trace;
 
+pub use backend::Backend;
 pub use config::{Ident, OutboxConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_SLOTS};
 pub use database_url::{database_unencrypted, pg_connect_options};
 pub use enqueue::Outbox;

@@ -21,7 +21,7 @@ pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 pub(crate) use inbox_sql::InboxSql;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
-pub(crate) use postgres::PgSql;
+pub(crate) use postgres::PgWriteSql;
 /// True for a database's report of a fault that passes (a lost connection,
 /// a server shutting down, a serialization failure or deadlock): the
 /// statement may succeed if run again. Each backend knows its own codes.

@@ -13,6 +13,10 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+mod write;
+
+pub(crate) use write::PgWriteSql;
+
 use super::{DeadLetter, Fence, OutboxEvent, OutboxStats, OutboxStore, Rebalance, RelayId, RetryLater, SlotLag};
 use crate::config::OutboxConfig;
 use crate::error::Result;
@@ -33,9 +37,6 @@ pub(crate) fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
 /// Statements of the write and relay side, built from one [`OutboxConfig`].
 #[derive(Debug)]
 pub(crate) struct PgSql {
-    pub(crate) insert_one: String,
-    pub(crate) insert_many: String,
-    pub(crate) id_constraint: String,
     claim: String,
     mark: String,
     mark_retain: String,
@@ -63,8 +64,6 @@ impl PgSql {
         let leases = config.qualified_suffix(config.outbox_table(), "leases");
         let relays = config.qualified_suffix(config.outbox_table(), "relays");
         let published = config.qualified_suffix(config.outbox_table(), "published");
-        let insert_cols = "id, topic, key, event_type, source, content_type, payload, headers, traceparent, \
-                           tracestate, occurred_at";
         // Per-slot facts are computed once per statement (an init plan) into
         // an array indexed by slot + 1, so each row costs one array subscript
         // instead of a probe of the leases' primary key or a scan of a slot
@@ -88,28 +87,7 @@ impl PgSql {
             "coalesce(l.owner = $1, false) AND EXISTS (SELECT 1 FROM UNNEST($3::int[], $4::bigint[]) AS g(slot, epoch) \
              WHERE g.slot = l.slot AND g.epoch = l.epoch)",
         );
-        // With notify, one wake-up per statement, in the same transaction
-        // (delivered to listeners when, and only if, it commits).
-        let wakeup = |insert: String| {
-            if config.notify() {
-                format!(
-                    "WITH ins AS ({insert} RETURNING 1) SELECT pg_notify('{}', '') FROM (SELECT 1 FROM ins LIMIT 1) n",
-                    config.wakeup_channel()
-                )
-            } else {
-                insert
-            }
-        };
         PgSql {
-            insert_one: wakeup(format!(
-                "INSERT INTO {outbox} ({insert_cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            )),
-            insert_many: wakeup(format!(
-                "INSERT INTO {outbox} ({insert_cols}) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::bytea[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[])"
-            )),
-            id_constraint: format!("{}_id_key", config.outbox_table()),
             // Sequence order within the caller's live leases; a key with a
             // row backing off, or quarantined, is held back whole. The keys
             // backing off are one hashed subplan over the backoff index,
