@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, Statements};
+use crate::backend::{Backend, Statements, WriteEvents};
 use crate::config::OutboxConfig;
 use crate::error::Result;
 use crate::message::Message;
@@ -58,7 +58,7 @@ impl Outbox {
         E::Database: Backend,
     {
         message.validate(self.config().max_payload_bytes())?;
-        <E::Database as Backend>::insert_one(&self.statements, executor, message).await
+        <E::Database as WriteEvents>::insert_one(&self.statements, executor, message).await
     }
 
     /// Writes many messages in one statement through `executor`.
@@ -75,6 +75,6 @@ impl Outbox {
         for m in messages {
             m.validate(self.config().max_payload_bytes())?;
         }
-        <E::Database as Backend>::insert_many(&self.statements, executor, messages).await
+        <E::Database as WriteEvents>::insert_many(&self.statements, executor, messages).await
     }
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::PgConnection;
+use sqlx::Postgres;
+
+use crate::backend::Backend;
 
 use super::ReceivedEvent;
 
@@ -50,6 +52,8 @@ impl std::fmt::Display for HandlerError {
 /// Applies events. Runs inside the inbox transaction: do the event's database
 /// effect through `tx` and it commits atomically with the inbox row.
 ///
+/// `DB` is the database of the inbox (and of `tx`); PostgreSQL unless named.
+///
 /// ```
 /// use outbox_core::{Handler, HandlerError, ReceivedEvent};
 /// struct CountOrders;
@@ -67,15 +71,15 @@ impl std::fmt::Display for HandlerError {
 /// }
 /// ```
 #[async_trait]
-pub trait Handler: Send + Sync + 'static {
+pub trait Handler<DB: Backend = Postgres>: Send + Sync + 'static {
     /// Applies one event through `tx`. Must not commit or roll back `tx`.
-    async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError>;
+    async fn handle(&self, event: &ReceivedEvent, tx: &mut DB::Connection) -> Result<(), HandlerError>;
 }
 
 /// A shared handler is a handler (so tests and services can keep a handle).
 #[async_trait]
-impl<H: Handler> Handler for Arc<H> {
-    async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError> {
+impl<DB: Backend, H: Handler<DB>> Handler<DB> for Arc<H> {
+    async fn handle(&self, event: &ReceivedEvent, tx: &mut DB::Connection) -> Result<(), HandlerError> {
         (**self).handle(event, tx).await
     }
 }

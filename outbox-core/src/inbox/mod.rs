@@ -1,5 +1,5 @@
 //! The idempotent consumer: each Kafka message is applied by the user's
-//! handler in one PostgreSQL transaction together with an inbox row keyed by
+//! handler in one database transaction together with an inbox row keyed by
 //! (consumer group, event id). A redelivered event finds its inbox row,
 //! commits nothing new and is acknowledged. The Kafka offset is stored only
 //! after that transaction committed.
@@ -25,7 +25,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
 
 use crate::publish::link::LinkContext;
-use sqlx::PgPool;
+use sqlx::{Pool, Postgres};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -35,9 +35,9 @@ pub use handler::{BoxError, Handler, HandlerError};
 
 use event::{header_map, to_event};
 
+use crate::backend::{Backend, InboxDeadLetter};
 use crate::config::OutboxConfig;
 use crate::error::{Error, Result};
-use crate::store::InboxSql;
 
 /// Configuration of an [`InboxConsumer`]. Its `Debug` output masks secret
 /// librdkafka values (passwords, keys).
@@ -179,9 +179,9 @@ impl ConsumerStats {
 /// consumer.run(tokio_util::sync::CancellationToken::new()).await?;
 /// # Ok(()) }
 /// ```
-pub struct InboxConsumer<H> {
-    pool: PgPool,
-    sql: Arc<InboxSql>,
+pub struct InboxConsumer<H, DB: Backend = Postgres> {
+    pool: Pool<DB>,
+    sql: Arc<DB::InboxSql>,
     config: ConsumerConfig,
     handler: H,
     consumer: StreamConsumer<LinkContext>,
@@ -189,9 +189,9 @@ pub struct InboxConsumer<H> {
     stats: Arc<ConsumerStats>,
 }
 
-impl<H: Handler> InboxConsumer<H> {
+impl<DB: Backend, H: Handler<DB>> InboxConsumer<H, DB> {
     /// Builds the consumer and subscribes (connections are made lazily).
-    pub fn new(pool: PgPool, outbox: &OutboxConfig, config: ConsumerConfig, handler: H) -> Result<Self> {
+    pub fn new(pool: Pool<DB>, outbox: &OutboxConfig, config: ConsumerConfig, handler: H) -> Result<Self> {
         config.validate()?;
         let mut client = ClientConfig::new();
         client
@@ -213,7 +213,7 @@ impl<H: Handler> InboxConsumer<H> {
         consumer.subscribe(&topics)?;
         Ok(InboxConsumer {
             pool,
-            sql: Arc::new(InboxSql::new(outbox)),
+            sql: Arc::new(DB::inbox_sql(outbox)),
             config,
             handler,
             consumer,
@@ -327,15 +327,8 @@ impl<H: Handler> InboxConsumer<H> {
         let mut tx = self.pool.begin().await.map_err(Attempt::infra)?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
         let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
-        let new: HashSet<Uuid> = sqlx::query_scalar(&self.sql.insert_many)
-            .bind(&self.config.group_id)
-            .bind(&ids)
-            .bind(&topics)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(Attempt::infra)?
-            .into_iter()
-            .collect();
+        let new: HashSet<Uuid> =
+            DB::record_many(&self.sql, &mut tx, &self.config.group_id, &ids, &topics).await.map_err(Attempt::infra)?;
         let mut applied = HashSet::with_capacity(new.len());
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
@@ -404,15 +397,10 @@ impl<H: Handler> InboxConsumer<H> {
 
     async fn apply(&self, event: &ReceivedEvent) -> Result<Processed, Attempt> {
         let mut tx = self.pool.begin().await.map_err(Attempt::infra)?;
-        let inserted = sqlx::query(&self.sql.insert)
-            .bind(&self.config.group_id)
-            .bind(event.id)
-            .bind(&event.topic)
-            .execute(&mut *tx)
+        let inserted = DB::record(&self.sql, &mut tx, &self.config.group_id, event.id, &event.topic)
             .await
-            .map_err(Attempt::infra)?
-            .rows_affected();
-        if inserted == 0 {
+            .map_err(Attempt::infra)?;
+        if !inserted {
             tx.rollback().await.map_err(Attempt::infra)?;
             return Ok(Processed::Duplicate);
         }
@@ -439,26 +427,21 @@ impl<H: Handler> InboxConsumer<H> {
             let result: Result<(), sqlx::Error> = async {
                 let mut tx = self.pool.begin().await?;
                 if let Some(id) = id {
-                    sqlx::query(&self.sql.insert)
-                        .bind(&self.config.group_id)
-                        .bind(id)
-                        .bind(message.topic())
-                        .execute(&mut *tx)
-                        .await?;
+                    DB::record(&self.sql, &mut tx, &self.config.group_id, id, message.topic()).await?;
                 }
-                sqlx::query(&self.sql.dead_letter)
-                    .bind(&self.config.group_id)
-                    .bind(id)
-                    .bind(message.topic())
-                    .bind(message.partition())
-                    .bind(message.offset())
-                    .bind(message.key())
-                    .bind(message.payload())
-                    .bind(sqlx::types::Json(&headers))
-                    .bind(error)
-                    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
-                    .execute(&mut *tx)
-                    .await?;
+                let row = InboxDeadLetter {
+                    group: &self.config.group_id,
+                    event_id: id,
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    headers: &headers,
+                    error,
+                    attempts,
+                };
+                DB::dead_letter(&self.sql, &mut tx, &row).await?;
                 tx.commit().await
             }
             .await;
@@ -496,9 +479,14 @@ impl Attempt {
 }
 
 /// Deletes inbox rows past the horizon, in batches, every `cleanup_interval`.
-async fn cleanup_loop(pool: PgPool, sql: Arc<InboxSql>, config: ConsumerConfig, shutdown: CancellationToken) {
+async fn cleanup_loop<DB: Backend>(
+    pool: Pool<DB>,
+    sql: Arc<DB::InboxSql>,
+    config: ConsumerConfig,
+    shutdown: CancellationToken,
+) {
     loop {
-        match cleanup_inbox(&pool, &sql, config.inbox_horizon).await {
+        match cleanup_inbox::<DB>(&pool, &sql, config.inbox_horizon).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "cleaned up inbox rows past the horizon"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "inbox cleanup failed"),
@@ -510,11 +498,11 @@ async fn cleanup_loop(pool: PgPool, sql: Arc<InboxSql>, config: ConsumerConfig, 
     }
 }
 
-async fn cleanup_inbox(pool: &PgPool, sql: &InboxSql, horizon: Duration) -> Result<u64> {
+async fn cleanup_inbox<DB: Backend>(pool: &Pool<DB>, sql: &DB::InboxSql, horizon: Duration) -> Result<u64> {
     const BATCH: i64 = 5000;
     let mut total = 0;
     loop {
-        let n = sqlx::query(&sql.cleanup).bind(horizon.as_secs_f64()).bind(BATCH).execute(pool).await?.rows_affected();
+        let n = DB::cleanup_batch(sql, pool, horizon, BATCH).await?;
         total += n;
         if n < BATCH as u64 {
             return Ok(total);
@@ -523,6 +511,6 @@ async fn cleanup_inbox(pool: &PgPool, sql: &InboxSql, horizon: Duration) -> Resu
 }
 
 /// Deletes inbox rows older than `horizon` now, returning how many.
-pub async fn cleanup_inbox_now(pool: &PgPool, config: &OutboxConfig, horizon: Duration) -> Result<u64> {
-    cleanup_inbox(pool, &InboxSql::new(config), horizon).await
+pub async fn cleanup_inbox_now<DB: Backend>(pool: &Pool<DB>, config: &OutboxConfig, horizon: Duration) -> Result<u64> {
+    cleanup_inbox::<DB>(pool, &DB::inbox_sql(config), horizon).await
 }

@@ -2,7 +2,6 @@
 //! the [`OutboxStore`] interface the relay is written against.
 
 mod admin;
-mod inbox_sql;
 #[cfg(test)]
 mod memory;
 mod postgres;
@@ -18,7 +17,6 @@ use uuid::Uuid;
 use crate::error::Result;
 
 pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
-pub(crate) use inbox_sql::InboxSql;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub(crate) use postgres::PgWriteSql;

@@ -13,6 +13,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+mod inbox;
 mod write;
 
 pub(crate) use write::PgWriteSql;

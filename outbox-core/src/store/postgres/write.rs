@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::types::Json;
 use sqlx::Postgres;
 
-use crate::backend::{Backend, Statements};
+use crate::backend::{Statements, WriteEvents};
 use crate::config::OutboxConfig;
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -15,7 +15,7 @@ const INSERT_COLUMNS: &str =
 
 /// The insert statements of one outbox.
 #[derive(Debug)]
-pub(crate) struct PgWriteSql {
+pub struct PgWriteSql {
     insert_one: String,
     insert_many: String,
     id_constraint: String,
@@ -68,7 +68,7 @@ impl PgWriteSql {
 }
 
 #[async_trait]
-impl Backend for Postgres {
+impl WriteEvents for Postgres {
     async fn insert_one<'e, E>(statements: &Statements, executor: E, message: &Message) -> Result<()>
     where
         E: sqlx::Executor<'e, Database = Self> + 'e,
