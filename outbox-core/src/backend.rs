@@ -12,11 +12,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::OutboxConfig;
 use crate::error::Result;
 use crate::message::Message;
+use crate::saga::{Action, SagaInstance, StepRecord};
 use crate::store::PgWriteSql;
 
 /// A database an outbox can live in: `sqlx::Postgres` today.
@@ -29,7 +31,7 @@ use crate::store::PgWriteSql;
 /// fn takes_any_backend<DB: outbox_core::Backend>() {}
 /// takes_any_backend::<sqlx::Postgres>();
 /// ```
-pub trait Backend: sqlx::Database + sealed::Sealed + WriteEvents + InboxRows {}
+pub trait Backend: sqlx::Database + sealed::Sealed + WriteEvents + InboxRows + SagaRows {}
 
 impl Backend for sqlx::Postgres {}
 
@@ -46,6 +48,10 @@ pub trait WriteEvents: sqlx::Database {
     async fn insert_many<'e, E>(statements: &Statements, executor: E, messages: &[Message]) -> Result<()>
     where
         E: sqlx::Executor<'e, Database = Self> + 'e;
+
+    /// [`insert_one`](Self::insert_one) on a connection, for code generic
+    /// over the backend.
+    async fn insert_on(statements: &Statements, conn: &mut Self::Connection, message: &Message) -> Result<()>;
 }
 
 /// The consume side: inbox rows (one per consumer group and event id) and
@@ -138,3 +144,134 @@ impl Statements {
         self.postgres.get_or_init(|| PgWriteSql::new(&self.config))
     }
 }
+
+/// Saga state: the orchestrator's instances and history, and the
+/// participants' memory of the commands they handled. Every call that
+/// takes a connection runs in the caller's transaction.
+#[doc(hidden)]
+#[async_trait]
+pub trait SagaRows: sqlx::Database {
+    /// The statements, built once per orchestrator or participant.
+    type SagaSql: Send + Sync + std::fmt::Debug + Clone + 'static;
+
+    /// Builds the statements for the tables `config` names.
+    fn saga_sql(config: &OutboxConfig) -> Self::SagaSql;
+
+    /// Inserts a new running instance at step 0.
+    async fn insert_saga(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        id: Uuid,
+        saga_type: &str,
+        data: &Value,
+        deadline: Duration,
+    ) -> sqlx::Result<()>;
+
+    /// The instance, locked until the transaction ends.
+    async fn lock_saga(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        id: Uuid,
+    ) -> sqlx::Result<Option<SagaInstance>>;
+
+    /// One running or compensating instance past its deadline, locked,
+    /// skipping those another transaction holds.
+    async fn lock_due_saga(sql: &Self::SagaSql, conn: &mut Self::Connection) -> sqlx::Result<Option<SagaInstance>>;
+
+    /// Stores the instance's new state; `deadline` from now, `None` for none.
+    async fn update_saga(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        instance: &SagaInstance,
+        deadline: Option<Duration>,
+    ) -> sqlx::Result<()>;
+
+    /// The instance, unlocked.
+    async fn select_saga(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        id: Uuid,
+    ) -> sqlx::Result<Option<SagaInstance>>;
+
+    /// The instance's history, oldest first.
+    async fn saga_history(sql: &Self::SagaSql, conn: &mut Self::Connection, id: Uuid) -> sqlx::Result<Vec<StepRecord>>;
+
+    /// (saga type, status, count) for every pair present.
+    async fn saga_counts(sql: &Self::SagaSql, conn: &mut Self::Connection) -> sqlx::Result<Vec<(String, String, i64)>>;
+
+    /// Opens a history row for a command sent (the instance is locked).
+    async fn open_history(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        id: Uuid,
+        step: i32,
+        step_name: &str,
+        action: Action,
+        attempt: i32,
+    ) -> sqlx::Result<()>;
+
+    /// Closes the open history row of (id, step, action); returns the
+    /// seconds it was open, `None` if none was open.
+    async fn close_history(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        id: Uuid,
+        step: i32,
+        action: Action,
+        outcome: &str,
+        reason: Option<&str>,
+    ) -> sqlx::Result<Option<f64>>;
+
+    /// Claims (saga, step, action) for a participant; false if claimed before.
+    async fn claim_command(sql: &Self::SagaSql, conn: &mut Self::Connection, command: CommandKey)
+        -> sqlx::Result<bool>;
+
+    /// The recorded (outcome, reason, data) of a command, locked.
+    async fn lock_command(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        command: CommandKey,
+    ) -> sqlx::Result<Option<CommandRecord>>;
+
+    /// Records how a command ended.
+    async fn record_command(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        command: CommandKey,
+        outcome: &str,
+        reason: Option<&str>,
+        data: Option<&Value>,
+    ) -> sqlx::Result<()>;
+
+    /// Marks step `step`'s execute as refused before it ran; false if it
+    /// had been claimed already.
+    async fn tombstone_command(
+        sql: &Self::SagaSql,
+        conn: &mut Self::Connection,
+        saga_id: Uuid,
+        step: i32,
+    ) -> sqlx::Result<bool>;
+
+    /// Deletes up to `limit` finished instances (or, with `commands`,
+    /// participants' command rows) older than `older_than`.
+    async fn delete_old(
+        sql: &Self::SagaSql,
+        pool: &sqlx::Pool<Self>,
+        commands: bool,
+        older_than: Duration,
+        limit: i64,
+    ) -> sqlx::Result<u64>;
+}
+
+/// One command of one saga, as participants remember it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct CommandKey {
+    pub saga_id: Uuid,
+    pub step: i32,
+    pub action: Action,
+}
+
+/// What a participant recorded of a command: outcome, reason, data.
+#[doc(hidden)]
+pub type CommandRecord = (Option<String>, Option<String>, Option<Value>);

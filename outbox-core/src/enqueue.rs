@@ -61,6 +61,13 @@ impl Outbox {
         <E::Database as WriteEvents>::insert_one(&self.statements, executor, message).await
     }
 
+    /// [`enqueue`](Self::enqueue) on a connection, for code generic over
+    /// the backend.
+    pub(crate) async fn enqueue_on<DB: Backend>(&self, conn: &mut DB::Connection, message: &Message) -> Result<()> {
+        message.validate(self.config().max_payload_bytes())?;
+        DB::insert_on(&self.statements, conn, message).await
+    }
+
     /// Writes many messages in one statement through `executor`.
     ///
     /// Every message is validated first; if one is invalid nothing is written.

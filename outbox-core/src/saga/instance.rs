@@ -4,8 +4,6 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::wire::Action;
@@ -85,25 +83,6 @@ pub struct SagaInstance {
     pub updated_at: DateTime<Utc>,
 }
 
-impl SagaInstance {
-    pub(crate) fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        let status: String = row.try_get("status")?;
-        Ok(SagaInstance {
-            id: row.try_get("id")?,
-            saga_type: row.try_get("saga_type")?,
-            status: SagaStatus::parse(&status)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown saga status {status:?}").into()))?,
-            step: row.try_get("step")?,
-            attempt: row.try_get("attempt")?,
-            data: row.try_get("data")?,
-            deadline: row.try_get("deadline")?,
-            reason: row.try_get("reason")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
-    }
-}
-
 /// One command or compensation a saga sent, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepRecord {
@@ -125,22 +104,4 @@ pub struct StepRecord {
     pub sent_at: DateTime<Utc>,
     /// When its reply or deadline was processed.
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl StepRecord {
-    pub(crate) fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        let action: String = row.try_get("action")?;
-        Ok(StepRecord {
-            seq: row.try_get("seq")?,
-            step: row.try_get("step")?,
-            step_name: row.try_get("step_name")?,
-            action: Action::parse(&action)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown saga action {action:?}").into()))?,
-            attempt: row.try_get("attempt")?,
-            outcome: row.try_get("outcome")?,
-            reason: row.try_get("reason")?,
-            sent_at: row.try_get("sent_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    }
 }

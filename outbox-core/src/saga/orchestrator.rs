@@ -13,18 +13,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{Pool, Postgres};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::definition::SagaDefinition;
 use super::instance::{SagaInstance, SagaStatus, StepRecord};
 use super::wire::{Action, ReplyOutcome, SagaCommand, SagaReply};
+use crate::backend::Backend;
 use crate::enqueue::Outbox;
 use crate::error::{Error, Result};
 use crate::inbox::{Handler, HandlerError, ReceivedEvent};
 use crate::message::Message;
-use crate::store::SagaSql;
 
 /// How long finished sagas are kept by default.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -51,9 +51,9 @@ const MAX_COMPENSATION_DEADLINE: Duration = Duration::from_secs(300);
 /// }
 /// ```
 #[async_trait]
-pub trait SagaListener: Send + Sync + 'static {
+pub trait SagaListener<DB: Backend = Postgres>: Send + Sync + 'static {
     /// `saga` has just become completed, compensated or failed.
-    async fn on_finished(&self, saga: &SagaInstance, tx: &mut PgConnection) -> Result<(), HandlerError>;
+    async fn on_finished(&self, saga: &SagaInstance, tx: &mut DB::Connection) -> Result<(), HandlerError>;
 }
 
 /// Runs sagas: persists each instance, sends its commands through the
@@ -87,19 +87,40 @@ pub trait SagaListener: Send + Sync + 'static {
 /// consumer.run(shutdown).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct SagaOrchestrator {
-    inner: Arc<Inner>,
+///
+/// `DB` is the database of the saga tables (and of the outbox it writes
+/// to): PostgreSQL through [`new`](SagaOrchestrator::new), any
+/// [`Backend`] through [`for_backend`](SagaOrchestrator::for_backend).
+pub struct SagaOrchestrator<DB: Backend = Postgres> {
+    inner: Arc<Inner<DB>>,
 }
 
-#[derive(Clone)]
-struct Inner {
+impl<DB: Backend> Clone for SagaOrchestrator<DB> {
+    fn clone(&self) -> Self {
+        SagaOrchestrator { inner: Arc::clone(&self.inner) }
+    }
+}
+
+struct Inner<DB: Backend> {
     outbox: Outbox,
-    sql: SagaSql,
+    sql: DB::SagaSql,
     sagas: HashMap<String, SagaDefinition>,
-    listener: Option<Arc<dyn SagaListener>>,
+    listener: Option<Arc<dyn SagaListener<DB>>>,
     sweep_interval: Duration,
     retention: Option<Duration>,
+}
+
+impl<DB: Backend> Clone for Inner<DB> {
+    fn clone(&self) -> Self {
+        Inner {
+            outbox: self.outbox.clone(),
+            sql: self.sql.clone(),
+            sagas: self.sagas.clone(),
+            listener: self.listener.clone(),
+            sweep_interval: self.sweep_interval,
+            retention: self.retention,
+        }
+    }
 }
 
 /// A command to send: which step, do or undo, which send of it.
@@ -117,10 +138,19 @@ enum Next {
     Finish(SagaStatus),
 }
 
-impl SagaOrchestrator {
-    /// An orchestrator for `sagas`, writing to `outbox` (whose configuration
-    /// also names the saga tables). Every definition is validated.
+impl SagaOrchestrator<Postgres> {
+    /// An orchestrator for `sagas` on PostgreSQL, writing to `outbox` (whose
+    /// configuration also names the saga tables). Every definition is
+    /// validated.
     pub fn new(outbox: Outbox, sagas: impl IntoIterator<Item = SagaDefinition>) -> Result<Self> {
+        Self::for_backend(outbox, sagas)
+    }
+}
+
+impl<DB: Backend> SagaOrchestrator<DB> {
+    /// [`new`](SagaOrchestrator::new) on any [`Backend`]:
+    /// `SagaOrchestrator::<sqlx::Postgres>::for_backend(outbox, sagas)`.
+    pub fn for_backend(outbox: Outbox, sagas: impl IntoIterator<Item = SagaDefinition>) -> Result<Self> {
         let mut map = HashMap::new();
         for saga in sagas {
             saga.validate()?;
@@ -129,7 +159,7 @@ impl SagaOrchestrator {
                 return Err(Error::Config(format!("two sagas are named {name:?}")));
             }
         }
-        let sql = SagaSql::new(outbox.config());
+        let sql = DB::saga_sql(outbox.config());
         Ok(SagaOrchestrator {
             inner: Arc::new(Inner {
                 outbox,
@@ -143,7 +173,7 @@ impl SagaOrchestrator {
     }
 
     /// Calls `listener` whenever a saga reaches a terminal state.
-    pub fn with_listener(mut self, listener: impl SagaListener) -> Self {
+    pub fn with_listener(mut self, listener: impl SagaListener<DB>) -> Self {
         Arc::make_mut(&mut self.inner).listener = Some(Arc::new(listener));
         self
     }
@@ -171,16 +201,10 @@ impl SagaOrchestrator {
     /// Starts saga `saga_type` as instance `id` with `data`, in the caller's
     /// transaction: the instance row and its first command commit with the
     /// caller's own writes, or not at all.
-    pub async fn start(&self, tx: &mut PgConnection, saga_type: &str, id: Uuid, data: Value) -> Result<()> {
+    pub async fn start(&self, tx: &mut DB::Connection, saga_type: &str, id: Uuid, data: Value) -> Result<()> {
         let def = self.inner.sagas.get(saga_type).ok_or_else(|| Error::UnknownSaga(saga_type.to_owned()))?;
         let first = &def.steps[0];
-        let inserted = sqlx::query(&self.inner.sql.insert)
-            .bind(id)
-            .bind(saga_type)
-            .bind(&data)
-            .bind(first.deadline.as_secs_f64())
-            .execute(&mut *tx)
-            .await;
+        let inserted = DB::insert_saga(&self.inner.sql, tx, id, saga_type, &data, first.deadline).await;
         if let Err(e) = inserted {
             let duplicate = e.as_database_error().is_some_and(|d| d.is_unique_violation());
             return Err(if duplicate { Error::SagaExists(id) } else { Error::Database(e) });
@@ -194,7 +218,7 @@ impl SagaOrchestrator {
     /// orchestrator runs as a [`Handler`]). A reply that no longer matches
     /// what the saga waits for (late, or answering an earlier send) is
     /// ignored.
-    pub async fn apply_reply(&self, tx: &mut PgConnection, reply: &SagaReply) -> Result<(), HandlerError> {
+    pub async fn apply_reply(&self, tx: &mut DB::Connection, reply: &SagaReply) -> Result<(), HandlerError> {
         let Some(mut instance) = self.lock(tx, reply.saga_id).await? else {
             return Err(HandlerError::permanent(format!("reply for unknown saga {}", reply.saga_id)));
         };
@@ -246,13 +270,12 @@ impl SagaOrchestrator {
     /// in its own transaction. A step that timed out is compensated (itself
     /// included: it may have taken effect late); a compensation that timed
     /// out is sent again. Returns how many sagas it moved.
-    pub async fn expire_deadlines(&self, pool: &PgPool, limit: i64) -> Result<usize> {
+    pub async fn expire_deadlines(&self, pool: &Pool<DB>, limit: i64) -> Result<usize> {
         let mut moved = 0;
         for _ in 0..limit {
             let mut tx = pool.begin().await?;
             // The due saga, read and locked in one statement.
-            let due = sqlx::query(&self.inner.sql.due).fetch_optional(&mut *tx).await?;
-            let Some(instance) = due.map(|r| SagaInstance::from_row(&r)).transpose()? else { break };
+            let Some(instance) = DB::lock_due_saga(&self.inner.sql, &mut tx).await? else { break };
             let id = instance.id;
             match self.expire(&mut tx, instance).await {
                 Ok(()) => {
@@ -269,7 +292,7 @@ impl SagaOrchestrator {
         Ok(moved)
     }
 
-    async fn expire(&self, tx: &mut PgConnection, mut instance: SagaInstance) -> Result<(), HandlerError> {
+    async fn expire(&self, tx: &mut DB::Connection, mut instance: SagaInstance) -> Result<(), HandlerError> {
         let id = instance.id;
         let def = self.def(&instance)?;
         self.finish_history(tx, &instance, def, action_of(instance.status), "timed_out", None).await?;
@@ -294,7 +317,7 @@ impl SagaOrchestrator {
     /// `outbox_sagas` gauges and deletes finished sagas past their
     /// [retention](Self::with_retention). Run it beside the reply consumer;
     /// several replicas may run it at once.
-    pub async fn run_deadlines(self, pool: PgPool, shutdown: CancellationToken) {
+    pub async fn run_deadlines(self, pool: Pool<DB>, shutdown: CancellationToken) {
         for sweep in 0_u64.. {
             if let Err(e) = self.expire_deadlines(&pool, 1000).await {
                 tracing::warn!(error = %e, "saga deadline sweep failed");
@@ -321,33 +344,44 @@ impl SagaOrchestrator {
     }
 
     /// The saga `id`, if it exists.
-    pub async fn status<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<Option<SagaInstance>> {
-        let row = sqlx::query(&self.inner.sql.select).bind(id).fetch_optional(executor).await?;
-        Ok(row.map(|r| SagaInstance::from_row(&r)).transpose()?)
+    ///
+    /// `executor` is a pool, a connection or a transaction.
+    pub async fn status<'e, E>(&self, executor: E, id: Uuid) -> Result<Option<SagaInstance>>
+    where
+        E: sqlx::Acquire<'e, Database = DB>,
+    {
+        let mut conn = executor.acquire().await?;
+        Ok(DB::select_saga(&self.inner.sql, &mut conn, id).await?)
     }
 
     /// What saga `id` sent and how each command ended, oldest first.
-    pub async fn history<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<Vec<StepRecord>> {
-        let rows = sqlx::query(&self.inner.sql.history_select).bind(id).fetch_all(executor).await?;
-        Ok(rows.iter().map(StepRecord::from_row).collect::<sqlx::Result<_>>()?)
+    pub async fn history<'e, E>(&self, executor: E, id: Uuid) -> Result<Vec<StepRecord>>
+    where
+        E: sqlx::Acquire<'e, Database = DB>,
+    {
+        let mut conn = executor.acquire().await?;
+        Ok(DB::saga_history(&self.inner.sql, &mut conn, id).await?)
     }
 
     /// How many sagas of each type are in each status.
-    pub async fn counts<'e, E: PgExecutor<'e>>(&self, executor: E) -> Result<BTreeMap<(String, SagaStatus), i64>> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(&self.inner.sql.counts).fetch_all(executor).await?;
+    pub async fn counts<'e, E>(&self, executor: E) -> Result<BTreeMap<(String, SagaStatus), i64>>
+    where
+        E: sqlx::Acquire<'e, Database = DB>,
+    {
+        let mut conn = executor.acquire().await?;
+        let rows = DB::saga_counts(&self.inner.sql, &mut conn).await?;
         Ok(rows.into_iter().filter_map(|(t, s, n)| Some(((t, SagaStatus::parse(&s)?), n))).collect())
     }
 
     /// Deletes completed and compensated sagas (with their history) last
     /// moved more than `older_than` ago; failed ones stay for an operator.
     /// Returns how many were deleted.
-    pub async fn cleanup(&self, pool: &PgPool, older_than: Duration) -> Result<u64> {
-        crate::store::delete_in_batches(pool, &self.inner.sql.cleanup, older_than).await
+    pub async fn cleanup(&self, pool: &Pool<DB>, older_than: Duration) -> Result<u64> {
+        super::delete_in_batches::<DB>(pool, &self.inner.sql, false, older_than).await
     }
 
-    async fn lock(&self, tx: &mut PgConnection, id: Uuid) -> Result<Option<SagaInstance>, HandlerError> {
-        let row = sqlx::query(&self.inner.sql.lock).bind(id).fetch_optional(&mut *tx).await?;
-        Ok(row.map(|r| SagaInstance::from_row(&r)).transpose()?)
+    async fn lock(&self, tx: &mut DB::Connection, id: Uuid) -> Result<Option<SagaInstance>, HandlerError> {
+        Ok(DB::lock_saga(&self.inner.sql, tx, id).await?)
     }
 
     /// The definition `instance` runs under, which must know its step.
@@ -373,7 +407,7 @@ impl SagaOrchestrator {
     /// Records the state `next` leads to and sends its command.
     async fn advance(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut DB::Connection,
         def: &SagaDefinition,
         instance: &mut SagaInstance,
         next: Next,
@@ -385,23 +419,14 @@ impl SagaOrchestrator {
                 if action == Action::Compensate {
                     deadline = (deadline * u32::try_from(attempt).unwrap_or(1)).min(MAX_COMPENSATION_DEADLINE);
                 }
-                (status, i32::try_from(step).unwrap_or(i32::MAX), attempt, Some(deadline.as_secs_f64()))
+                (status, i32::try_from(step).unwrap_or(i32::MAX), attempt, Some(deadline))
             }
             Next::Finish(status) => (status, instance.step, instance.attempt, None),
         };
         instance.status = status;
         instance.step = step;
         instance.attempt = attempt;
-        sqlx::query(&self.inner.sql.update)
-            .bind(instance.id)
-            .bind(status.as_str())
-            .bind(step)
-            .bind(attempt)
-            .bind(&instance.data)
-            .bind(deadline)
-            .bind(&instance.reason)
-            .execute(&mut *tx)
-            .await?;
+        DB::update_saga(&self.inner.sql, tx, instance, deadline).await?;
         match next {
             Next::Send(outgoing) => {
                 self.send(tx, def, instance.id, &instance.data, outgoing).await.map_err(HandlerError::retry)?
@@ -419,7 +444,7 @@ impl SagaOrchestrator {
     /// Enqueues the command for `step` and opens its history row.
     async fn send(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut DB::Connection,
         def: &SagaDefinition,
         id: Uuid,
         data: &Value,
@@ -442,36 +467,23 @@ impl SagaOrchestrator {
             data: data.clone(),
         };
         let message = Message::json(&s.topic, event_type, &command)?.with_key(id.to_string());
-        self.inner.outbox.enqueue(&mut *tx, &message).await?;
-        sqlx::query(&self.inner.sql.history_insert)
-            .bind(id)
-            .bind(step)
-            .bind(&s.name)
-            .bind(action.as_str())
-            .bind(attempt)
-            .execute(&mut *tx)
-            .await?;
+        self.inner.outbox.enqueue_on::<DB>(tx, &message).await?;
+        DB::open_history(&self.inner.sql, tx, id, step, &s.name, action, attempt).await?;
         Ok(())
     }
 
     /// Closes the open history row of the current command.
     async fn finish_history(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut DB::Connection,
         instance: &SagaInstance,
         def: &SagaDefinition,
         action: Action,
         outcome: &str,
         reason: Option<&str>,
     ) -> Result<(), HandlerError> {
-        let seconds: Option<f64> = sqlx::query_scalar(&self.inner.sql.history_finish)
-            .bind(instance.id)
-            .bind(instance.step)
-            .bind(action.as_str())
-            .bind(outcome)
-            .bind(reason)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let seconds =
+            DB::close_history(&self.inner.sql, tx, instance.id, instance.step, action, outcome, reason).await?;
         if let Some(seconds) = seconds {
             let step = def.steps.get(usize::try_from(instance.step).unwrap_or(0)).map(|s| s.name.clone());
             metrics::histogram!("outbox_saga_step_seconds", "saga" => def.name.clone(),
@@ -511,8 +523,8 @@ fn record_gauges(counts: &BTreeMap<(String, SagaStatus), i64>) {
 /// The orchestrator consumes its reply topic as an inbox handler: each
 /// transition commits with the reply's inbox row.
 #[async_trait]
-impl Handler for SagaOrchestrator {
-    async fn handle(&self, event: &ReceivedEvent, tx: &mut PgConnection) -> Result<(), HandlerError> {
+impl<DB: Backend> Handler<DB> for SagaOrchestrator<DB> {
+    async fn handle(&self, event: &ReceivedEvent, tx: &mut DB::Connection) -> Result<(), HandlerError> {
         let reply: SagaReply = event.json().map_err(|e| HandlerError::permanent(format!("not a saga reply: {e}")))?;
         self.apply_reply(tx, &reply).await
     }

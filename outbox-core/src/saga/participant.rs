@@ -13,14 +13,14 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Pool, Postgres};
 
 use super::wire::{Action, ReplyOutcome, SagaCommand, SagaReply, StepOutcome, REPLY_EVENT_TYPE};
+use crate::backend::{Backend, CommandKey, CommandRecord};
 use crate::enqueue::Outbox;
 use crate::error::Result;
 use crate::inbox::HandlerError;
 use crate::message::Message;
-use crate::store::SagaSql;
 
 /// What the participant should do with a command, as decided by
 /// [`SagaParticipant::begin`].
@@ -75,31 +75,41 @@ pub enum Decision {
 ///     }
 /// }
 /// ```
-#[derive(Debug, Clone)]
-pub struct SagaParticipant {
+///
+/// `DB` is the database of the command-memory table (and of the outbox):
+/// PostgreSQL through [`new`](SagaParticipant::new), any [`Backend`]
+/// through [`for_backend`](SagaParticipant::for_backend).
+#[derive(Debug)]
+pub struct SagaParticipant<DB: Backend = Postgres> {
     outbox: Outbox,
-    sql: std::sync::Arc<SagaSql>,
+    sql: std::sync::Arc<DB::SagaSql>,
 }
 
-impl SagaParticipant {
-    /// A participant replying through `outbox` (whose configuration also
-    /// names the command-memory table).
+impl<DB: Backend> Clone for SagaParticipant<DB> {
+    fn clone(&self) -> Self {
+        SagaParticipant { outbox: self.outbox.clone(), sql: std::sync::Arc::clone(&self.sql) }
+    }
+}
+
+impl SagaParticipant<Postgres> {
+    /// A participant on PostgreSQL replying through `outbox` (whose
+    /// configuration also names the command-memory table).
     pub fn new(outbox: Outbox) -> Self {
-        let sql = std::sync::Arc::new(SagaSql::new(outbox.config()));
+        Self::for_backend(outbox)
+    }
+}
+
+impl<DB: Backend> SagaParticipant<DB> {
+    /// [`new`](SagaParticipant::new) on any [`Backend`].
+    pub fn for_backend(outbox: Outbox) -> Self {
+        let sql = std::sync::Arc::new(DB::saga_sql(outbox.config()));
         SagaParticipant { outbox, sql }
     }
 
     /// Decides what to do with `command`, recording it in `tx`. Concurrent
     /// deliveries of the same command wait on each other here.
-    pub async fn begin(&self, tx: &mut PgConnection, command: &SagaCommand) -> Result<Decision, HandlerError> {
-        let claimed = sqlx::query(&self.sql.command_claim)
-            .bind(command.saga_id)
-            .bind(command.step)
-            .bind(command.action.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+    pub async fn begin(&self, tx: &mut DB::Connection, command: &SagaCommand) -> Result<Decision, HandlerError> {
+        let claimed = DB::claim_command(&self.sql, tx, key(command, command.action)).await?;
         if !claimed {
             let (outcome, reason, data) = self.locked(tx, command, command.action).await?.unwrap_or_default();
             match outcome.as_deref() {
@@ -125,13 +135,7 @@ impl SagaParticipant {
         }
         // A compensation: did the step take effect here? Leave a tombstone
         // when it never ran, so that a late execute is refused.
-        let tombstoned = sqlx::query(&self.sql.command_tombstone)
-            .bind(command.saga_id)
-            .bind(command.step)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+        let tombstoned = DB::tombstone_command(&self.sql, tx, command.saga_id, command.step).await?;
         if tombstoned {
             return Ok(Decision::Compensate { executed: false });
         }
@@ -139,15 +143,8 @@ impl SagaParticipant {
             Some(outcome) => outcome == "succeeded",
             None => {
                 // Begun but deferred: it must not run any more.
-                sqlx::query(&self.sql.command_record)
-                    .bind(command.saga_id)
-                    .bind(command.step)
-                    .bind(Action::Execute.as_str())
-                    .bind("refused")
-                    .bind("compensated before it ran")
-                    .bind(None::<Value>)
-                    .execute(&mut *tx)
-                    .await?;
+                let execute = key(command, Action::Execute);
+                DB::record_command(&self.sql, tx, execute, "refused", Some("compensated before it ran"), None).await?;
                 false
             }
         };
@@ -157,44 +154,32 @@ impl SagaParticipant {
     /// Records `outcome` for `command` and enqueues the reply, in `tx`.
     /// A compensation must not fail unless an operator has to step in: a
     /// failed compensation ends the saga as `failed`.
-    pub async fn finish(&self, tx: &mut PgConnection, command: &SagaCommand, outcome: StepOutcome) -> Result<()> {
+    pub async fn finish(&self, tx: &mut DB::Connection, command: &SagaCommand, outcome: StepOutcome) -> Result<()> {
         let stored = match outcome.outcome {
             ReplyOutcome::Succeeded => "succeeded",
             ReplyOutcome::Failed => "failed",
         };
-        sqlx::query(&self.sql.command_record)
-            .bind(command.saga_id)
-            .bind(command.step)
-            .bind(command.action.as_str())
-            .bind(stored)
-            .bind(&outcome.reason)
-            .bind(&outcome.data)
-            .execute(&mut *tx)
-            .await?;
+        let this = key(command, command.action);
+        DB::record_command(&self.sql, tx, this, stored, outcome.reason.as_deref(), Some(&outcome.data)).await?;
         self.reply(tx, command, &outcome).await
     }
 
     /// Deletes remembered commands older than `older_than` (keep it longer
     /// than a saga can live, compensations included). Returns how many.
-    pub async fn cleanup(&self, pool: &PgPool, older_than: Duration) -> Result<u64> {
-        crate::store::delete_in_batches(pool, &self.sql.command_cleanup, older_than).await
+    pub async fn cleanup(&self, pool: &Pool<DB>, older_than: Duration) -> Result<u64> {
+        super::delete_in_batches::<DB>(pool, &self.sql, true, older_than).await
     }
 
     async fn locked(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut DB::Connection,
         command: &SagaCommand,
         action: Action,
-    ) -> Result<Option<(Option<String>, Option<String>, Option<Value>)>> {
-        Ok(sqlx::query_as(&self.sql.command_lock)
-            .bind(command.saga_id)
-            .bind(command.step)
-            .bind(action.as_str())
-            .fetch_optional(&mut *tx)
-            .await?)
+    ) -> Result<Option<CommandRecord>> {
+        Ok(DB::lock_command(&self.sql, tx, key(command, action)).await?)
     }
 
-    async fn reply(&self, tx: &mut PgConnection, command: &SagaCommand, outcome: &StepOutcome) -> Result<()> {
+    async fn reply(&self, tx: &mut DB::Connection, command: &SagaCommand, outcome: &StepOutcome) -> Result<()> {
         let reply = SagaReply {
             saga_id: command.saga_id,
             step: command.step,
@@ -204,6 +189,10 @@ impl SagaParticipant {
             data: outcome.data.clone(),
         };
         let message = Message::json(&command.reply_to, REPLY_EVENT_TYPE, &reply)?.with_key(command.saga_id.to_string());
-        self.outbox.enqueue(&mut *tx, &message).await
+        self.outbox.enqueue_on::<DB>(tx, &message).await
     }
+}
+
+fn key(command: &SagaCommand, action: Action) -> CommandKey {
+    CommandKey { saga_id: command.saga_id, step: command.step, action }
 }

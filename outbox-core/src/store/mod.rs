@@ -5,7 +5,6 @@ mod admin;
 #[cfg(test)]
 mod memory;
 mod postgres;
-mod saga_sql;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,7 +27,6 @@ pub(crate) fn is_transient_database_error(error: &dyn sqlx::error::DatabaseError
 }
 
 pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
-pub(crate) use saga_sql::{delete_in_batches, SagaSql};
 
 /// An outbox row claimed by the relay for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]

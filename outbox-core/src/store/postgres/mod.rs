@@ -14,6 +14,7 @@ use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 mod inbox;
+mod saga;
 mod write;
 
 pub(crate) use write::PgWriteSql;

@@ -91,6 +91,10 @@ impl WriteEvents for Postgres {
         result.map(drop).map_err(|e| sql.map_duplicate(e, || message.id))
     }
 
+    async fn insert_on(statements: &Statements, conn: &mut sqlx::PgConnection, message: &Message) -> Result<()> {
+        Self::insert_one(statements, conn, message).await
+    }
+
     async fn insert_many<'e, E>(statements: &Statements, executor: E, messages: &[Message]) -> Result<()>
     where
         E: sqlx::Executor<'e, Database = Self> + 'e,
