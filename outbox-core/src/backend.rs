@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::config::OutboxConfig;
 use crate::error::Result;
 use crate::message::Message;
+use crate::migrate::Migration;
 use crate::saga::{Action, SagaInstance, StepRecord};
 use crate::store::PgWriteSql;
 
@@ -31,9 +32,24 @@ use crate::store::PgWriteSql;
 /// fn takes_any_backend<DB: outbox_core::Backend>() {}
 /// takes_any_backend::<sqlx::Postgres>();
 /// ```
-pub trait Backend: sqlx::Database + sealed::Sealed + WriteEvents + InboxRows + SagaRows {}
+pub trait Backend: sqlx::Database + sealed::Sealed + WriteEvents + InboxRows + SagaRows + SchemaMigrations {}
 
 impl Backend for sqlx::Postgres {}
+
+/// The schema: this backend's migrations and how they are applied (each in
+/// a transaction with its tracking row, concurrent migrators serialised).
+#[doc(hidden)]
+#[async_trait]
+pub trait SchemaMigrations: sqlx::Database {
+    /// Every migration, oldest first.
+    const MIGRATIONS: &'static [Migration];
+
+    /// Applies those not yet applied; returns their versions.
+    async fn apply(pool: &sqlx::Pool<Self>, config: &OutboxConfig) -> Result<Vec<i64>>;
+
+    /// The newest version applied, `None` if never migrated.
+    async fn applied_version(pool: &sqlx::Pool<Self>, config: &OutboxConfig) -> Result<Option<i64>>;
+}
 
 /// The write side: the caller's inserts into the outbox.
 #[doc(hidden)]

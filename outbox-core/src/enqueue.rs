@@ -44,7 +44,7 @@ impl Outbox {
     }
 
     /// Creates or upgrades the outbox and inbox tables (see [`crate::migrate`]).
-    pub async fn migrate(&self, pool: &sqlx::PgPool) -> Result<()> {
+    pub async fn migrate<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<()> {
         crate::migrate::migrate(pool, self.config()).await
     }
 

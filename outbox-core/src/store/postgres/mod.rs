@@ -14,6 +14,7 @@ use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 mod inbox;
+mod migrate;
 mod saga;
 mod write;
 
