@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -21,6 +22,7 @@ use crate::message::Message;
 use crate::migrate::Migration;
 use crate::saga::{Action, SagaInstance, StepRecord};
 use crate::store::PgWriteSql;
+use crate::store::{DeadLetterEntry, Status};
 
 /// A database an outbox can live in: `sqlx::Postgres` today.
 ///
@@ -32,7 +34,10 @@ use crate::store::PgWriteSql;
 /// fn takes_any_backend<DB: outbox_core::Backend>() {}
 /// takes_any_backend::<sqlx::Postgres>();
 /// ```
-pub trait Backend: sqlx::Database + sealed::Sealed + WriteEvents + InboxRows + SagaRows + SchemaMigrations {}
+pub trait Backend:
+    sqlx::Database + sealed::Sealed + WriteEvents + InboxRows + SagaRows + SchemaMigrations + AdminQueries + Privileges
+{
+}
 
 impl Backend for sqlx::Postgres {}
 
@@ -49,6 +54,64 @@ pub trait SchemaMigrations: sqlx::Database {
 
     /// The newest version applied, `None` if never migrated.
     async fn applied_version(pool: &sqlx::Pool<Self>, config: &OutboxConfig) -> Result<Option<i64>>;
+}
+
+/// Least privilege: the backend's grant script (templated like the
+/// migrations, plus `{app_role}`, `{relay_role}`, `{consumer_role}`) and
+/// what the connected role lacks to run the relay.
+#[doc(hidden)]
+#[async_trait]
+pub trait Privileges: sqlx::Database {
+    /// The grant script's template.
+    const GRANTS: &'static str;
+
+    /// Readable lines naming each missing privilege; tables or a schema
+    /// not created yet are not reported (migrations create them).
+    async fn missing_for_relay(pool: &sqlx::Pool<Self>, config: &OutboxConfig) -> Result<Vec<String>>;
+}
+
+/// What operators ask and do (`OutboxAdmin`): status, dead letters, retry,
+/// replay, discard. Actions naming ids are all or nothing.
+#[doc(hidden)]
+#[async_trait]
+pub trait AdminQueries: sqlx::Database {
+    /// The tables' names, built once per admin handle.
+    type AdminSql: Send + Sync + std::fmt::Debug + 'static;
+
+    /// Builds them for the tables `config` names.
+    fn admin_sql(config: &OutboxConfig) -> Self::AdminSql;
+
+    /// Counts, relays and their slots.
+    async fn outbox_status(pool: &sqlx::Pool<Self>, sql: &Self::AdminSql) -> Result<Status>;
+
+    /// The oldest `limit` dead letters.
+    async fn list_dead_letters(
+        pool: &sqlx::Pool<Self>,
+        sql: &Self::AdminSql,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterEntry>>;
+
+    /// One dead letter with its payload and headers.
+    async fn show_dead_letter(pool: &sqlx::Pool<Self>, sql: &Self::AdminSql, id: Uuid) -> Result<DeadLetterEntry>;
+
+    /// Moves dead letters (`None`: all) back into the outbox at their
+    /// original sequence numbers.
+    async fn move_back(pool: &sqlx::Pool<Self>, sql: &Self::AdminSql, ids: Option<&[Uuid]>) -> Result<u64>;
+
+    /// Appends retained events to the outbox again.
+    async fn replay_ids(pool: &sqlx::Pool<Self>, sql: &Self::AdminSql, ids: &[Uuid]) -> Result<u64>;
+
+    /// Appends the retained events written in `[since, until)` again.
+    async fn replay_range(
+        pool: &sqlx::Pool<Self>,
+        sql: &Self::AdminSql,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        topic: Option<&str>,
+    ) -> Result<u64>;
+
+    /// Deletes dead letters for good.
+    async fn discard(pool: &sqlx::Pool<Self>, sql: &Self::AdminSql, ids: &[Uuid]) -> Result<u64>;
 }
 
 /// The write side: the caller's inserts into the outbox.

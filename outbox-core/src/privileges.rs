@@ -7,12 +7,11 @@
 //! (its inbox tables). [`grants_sql`] renders the grants for a configured
 //! outbox; `outbox-relay grants` prints them.
 
-use sqlx::PgPool;
+use sqlx::{Pool, Postgres};
 
+use crate::backend::Backend;
 use crate::config::{Ident, OutboxConfig};
 use crate::error::Result;
-
-const GRANTS: &str = include_str!("../../migrations/postgres/grants.sql");
 
 /// The roles to grant to (checked identifiers, so the script is safe to run).
 #[derive(Debug, Clone)]
@@ -25,7 +24,8 @@ pub struct Roles {
     pub consumer: Ident,
 }
 
-/// The `GRANT` statements for `config`'s tables and `roles`.
+/// The `GRANT` statements for `config`'s tables and `roles`, on PostgreSQL
+/// (see [`grants_sql_for`] for any backend).
 ///
 /// ```
 /// use outbox_core::privileges::{grants_sql, Roles};
@@ -36,7 +36,21 @@ pub struct Roles {
 /// # Ok::<(), outbox_core::Error>(())
 /// ```
 pub fn grants_sql(config: &OutboxConfig, roles: &Roles) -> String {
-    crate::migrate::render(GRANTS, config)
+    grants_sql_for::<Postgres>(config, roles)
+}
+
+/// The grant statements of backend `DB` for `config`'s tables and `roles`.
+///
+/// ```
+/// use outbox_core::privileges::{grants_sql, grants_sql_for, Roles};
+/// use outbox_core::{Ident, OutboxConfig};
+/// let roles = Roles { app: Ident::new("a")?, relay: Ident::new("r")?, consumer: Ident::new("c")? };
+/// let config = OutboxConfig::default();
+/// assert_eq!(grants_sql_for::<sqlx::Postgres>(&config, &roles), grants_sql(&config, &roles));
+/// # Ok::<(), outbox_core::Error>(())
+/// ```
+pub fn grants_sql_for<DB: Backend>(config: &OutboxConfig, roles: &Roles) -> String {
+    crate::migrate::render(DB::GRANTS, config)
         .replace("{app_role}", &roles.app.quoted())
         .replace("{relay_role}", &roles.relay.quoted())
         .replace("{consumer_role}", &roles.consumer.quoted())
@@ -53,48 +67,8 @@ pub fn grants_sql(config: &OutboxConfig, roles: &Roles) -> String {
 /// assert!(missing.is_empty(), "the relay's role lacks: {}", missing.join(", "));
 /// # Ok(()) }
 /// ```
-pub async fn missing_for_relay(pool: &PgPool, config: &OutboxConfig) -> Result<Vec<String>> {
-    let schema = config.schema();
-    // A schema not there yet is the migrations' business too.
-    let usage: Option<bool> = sqlx::query_scalar(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) \
-         THEN has_schema_privilege($1, 'USAGE') END",
-    )
-    .bind(schema.as_str())
-    .fetch_one(pool)
-    .await?;
-    match usage {
-        None => return Ok(Vec::new()),
-        Some(false) => return Ok(vec![format!("USAGE on schema {}", schema.quoted())]),
-        Some(true) => {}
-    }
-    let rw = "SELECT, INSERT, UPDATE, DELETE";
-    let outbox = config.outbox_table();
-    let tables = [
-        (config.qualified(outbox), rw),
-        (config.qualified(config.dead_letter_table()), rw),
-        (config.qualified_suffix(outbox, "published"), rw),
-        (config.qualified_suffix(outbox, "leases"), rw),
-        (config.qualified_suffix(outbox, "relays"), rw),
-        (config.qualified_suffix(outbox, "migrations"), "SELECT"),
-    ];
-    let mut missing = Vec::new();
-    for (table, privileges) in tables {
-        for privilege in privileges.split(", ") {
-            // A table not there yet is the migrations' business, not ours.
-            let has: Option<bool> = sqlx::query_scalar(
-                "SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE has_table_privilege($1, $2) END",
-            )
-            .bind(&table)
-            .bind(privilege)
-            .fetch_one(pool)
-            .await?;
-            if has == Some(false) {
-                missing.push(format!("{privilege} on {table}"));
-            }
-        }
-    }
-    Ok(missing)
+pub async fn missing_for_relay<DB: Backend>(pool: &Pool<DB>, config: &OutboxConfig) -> Result<Vec<String>> {
+    DB::missing_for_relay(pool, config).await
 }
 
 #[cfg(test)]

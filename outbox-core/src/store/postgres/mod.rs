@@ -13,8 +13,10 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+mod admin;
 mod inbox;
 mod migrate;
+mod privileges;
 mod saga;
 mod write;
 
