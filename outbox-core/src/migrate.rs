@@ -1,6 +1,6 @@
 //! Schema migrations for the outbox and inbox tables.
 //!
-//! The SQL lives in the repository's `migrations/<backend>/` directories and
+//! The SQL lives in this package's `migrations/<backend>/` directories and
 //! is compiled in. Applied versions are tracked in `<schema>.<outbox>_migrations`,
 //! apart from the application's own `_sqlx_migrations`, so the library never
 //! collides with the migrations of the service that embeds it. Concurrent

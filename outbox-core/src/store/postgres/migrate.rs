@@ -13,37 +13,37 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "outbox and dead-letter tables",
-        sql: include_str!("../../../../migrations/postgres/0001_outbox.sql"),
+        sql: include_str!("../../../migrations/postgres/0001_outbox.sql"),
     },
     Migration {
         version: 2,
         description: "inbox tables",
-        sql: include_str!("../../../../migrations/postgres/0002_inbox.sql"),
+        sql: include_str!("../../../migrations/postgres/0002_inbox.sql"),
     },
     Migration {
         version: 3,
         description: "slots and leases",
-        sql: include_str!("../../../../migrations/postgres/0003_slots_and_leases.sql"),
+        sql: include_str!("../../../migrations/postgres/0003_slots_and_leases.sql"),
     },
     Migration {
         version: 4,
         description: "quarantine of poisoned keys",
-        sql: include_str!("../../../../migrations/postgres/0004_quarantine.sql"),
+        sql: include_str!("../../../migrations/postgres/0004_quarantine.sql"),
     },
     Migration {
         version: 5,
         description: "retention of published events",
-        sql: include_str!("../../../../migrations/postgres/0005_retention.sql"),
+        sql: include_str!("../../../migrations/postgres/0005_retention.sql"),
     },
     Migration {
         version: 6,
         description: "queue tuning: no slot index, fixed autovacuum thresholds",
-        sql: include_str!("../../../../migrations/postgres/0006_queue_tuning.sql"),
+        sql: include_str!("../../../migrations/postgres/0006_queue_tuning.sql"),
     },
     Migration {
         version: 7,
         description: "saga instances, history and participant commands",
-        sql: include_str!("../../../../migrations/postgres/0007_sagas.sql"),
+        sql: include_str!("../../../migrations/postgres/0007_sagas.sql"),
     },
 ];
 

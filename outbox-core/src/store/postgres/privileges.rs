@@ -10,7 +10,7 @@ use crate::error::Result;
 
 #[async_trait]
 impl Privileges for Postgres {
-    const GRANTS: &'static str = include_str!("../../../../migrations/postgres/grants.sql");
+    const GRANTS: &'static str = include_str!("../../../migrations/postgres/grants.sql");
 
     async fn missing_for_relay(pool: &PgPool, config: &OutboxConfig) -> Result<Vec<String>> {
         let schema = config.schema();
