@@ -1,11 +1,11 @@
 //! The databases an outbox can live in.
 //!
-//! Calls that take the caller's connection or transaction
-//! ([`Outbox::enqueue`](crate::Outbox::enqueue) and
-//! [`Outbox::enqueue_all`](crate::Outbox::enqueue_all)) are generic over the
-//! executor's database, which must be a [`Backend`]. Each backend's
-//! statements, their binds and their row decoding live in its own module
-//! under `store/`.
+//! Every public call that takes the caller's pool, connection or
+//! transaction (enqueueing, the inbox consumer and its handler, sagas,
+//! migrations, admin, the privilege check) is generic over its database,
+//! which must be a [`Backend`], PostgreSQL by default. A backend implements
+//! one hidden trait per concern; its statements, their binds and their row
+//! decoding live in its own module under `store/`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;

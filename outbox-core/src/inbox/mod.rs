@@ -499,15 +499,7 @@ async fn cleanup_loop<DB: Backend>(
 }
 
 async fn cleanup_inbox<DB: Backend>(pool: &Pool<DB>, sql: &DB::InboxSql, horizon: Duration) -> Result<u64> {
-    const BATCH: i64 = 5000;
-    let mut total = 0;
-    loop {
-        let n = DB::cleanup_batch(sql, pool, horizon, BATCH).await?;
-        total += n;
-        if n < BATCH as u64 {
-            return Ok(total);
-        }
-    }
+    crate::store::delete_in_batches(|batch| DB::cleanup_batch(sql, pool, horizon, batch)).await
 }
 
 /// Deletes inbox rows older than `horizon` now, returning how many.

@@ -28,22 +28,13 @@ pub use orchestrator::{SagaListener, SagaOrchestrator};
 pub use participant::{Decision, SagaParticipant};
 pub use wire::{Action, ReplyOutcome, SagaCommand, SagaReply, StepOutcome, REPLY_EVENT_TYPE};
 
-/// Runs a backend's batched delete of old saga rows (or, with `commands`,
-/// participants' command rows) until a batch comes back short, so a large
-/// cleanup never holds long locks. Returns how many rows went.
+/// Deletes old saga rows (or, with `commands`, participants' command rows)
+/// in batches. Returns how many rows went.
 async fn delete_in_batches<DB: crate::Backend>(
     pool: &sqlx::Pool<DB>,
     sql: &DB::SagaSql,
     commands: bool,
     older_than: std::time::Duration,
 ) -> crate::Result<u64> {
-    const BATCH: i64 = 5000;
-    let mut total = 0;
-    loop {
-        let n = DB::delete_old(sql, pool, commands, older_than, BATCH).await?;
-        total += n;
-        if n < BATCH.unsigned_abs() {
-            return Ok(total);
-        }
-    }
+    crate::store::delete_in_batches(|batch| DB::delete_old(sql, pool, commands, older_than, batch)).await
 }

@@ -19,6 +19,8 @@ pub use admin::{DeadLetterEntry, OutboxAdmin, RelayStatus, Status};
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub(crate) use postgres::PgWriteSql;
+pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
+
 /// True for a database's report of a fault that passes (a lost connection,
 /// a server shutting down, a serialization failure or deadlock): the
 /// statement may succeed if run again. Each backend knows its own codes.
@@ -26,7 +28,24 @@ pub(crate) fn is_transient_database_error(error: &dyn sqlx::error::DatabaseError
     postgres::is_transient(error)
 }
 
-pub use postgres::{listen_for_wakeups, queue_session_options, PgStore, QUEUE_SESSION_SETTINGS};
+/// Runs a batched delete (`delete(limit)` removes up to `limit` rows and
+/// says how many) until a batch comes back short, so a large cleanup never
+/// holds long locks. Returns how many rows went.
+pub(crate) async fn delete_in_batches<F, Fut>(mut delete: F) -> Result<u64>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<u64>>,
+{
+    const BATCH: i64 = 5000;
+    let mut total = 0;
+    loop {
+        let n = delete(BATCH).await?;
+        total += n;
+        if n < BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+    }
+}
 
 /// An outbox row claimed by the relay for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
